@@ -3,9 +3,10 @@
     gensys <system> <verb> [--config FILE] [key.sub=value ...]    systems: compose translate chat caption rag
     gensys serve | demo | generate | metrics | report | convert ...
 
-Each entry names the function that runs it as "module:function"; modules are imported only when their command
-runs, so `gensys --help` stays fast (importing torch takes a second). Every function takes `argv` (the arguments
-after the command) and returns an exit code. User errors (`GensysError`) print one line and exit 2.
+Each entry names the function that runs it as "module:function"; modules are imported only when their
+command runs, so `gensys --help` stays fast (importing torch takes a second). Every function takes `argv`
+(the arguments after the command) and returns an exit code. User errors (`GensysError`) print one line
+and exit 2.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ COMMANDS: dict[str, Command] = {
     "serve": Command(None, "serve all five systems over HTTP (OpenAI-compatible chat API + web pages)", "#7"),
     "demo": Command(None, "the main job: what `make demo` runs", "#2"),
     "generate": Command(None, "decode text from a checkpoint with any strategy", "#5"),
-    "metrics": Command(None, "score hypotheses against references (JSON out)", "#6"),
-    "report": Command(None, "online metrics from the server's event log", "#6"),
+    "metrics": Command("gensys.metrics.cli:metrics_main", "score hypotheses against references (JSON out)"),
+    "report": Command("gensys.metrics.cli:report_main", "online metrics from the server's event log"),
     "convert": Command(None, "convert decoder LMs from/to Hugging Face format", "#3"),
 }
 
@@ -147,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                 return 0 if rest else 2
             verb = rest[0]
             if verb not in verbs:
-                print(f"gensys {name}: unknown verb '{verb}' (choose from {', '.join(verbs)})", file=sys.stderr)
+                print(
+                    f"gensys {name}: unknown verb '{verb}' (choose from {', '.join(verbs)})", file=sys.stderr
+                )
                 return 2
             return _run(verbs[verb], f"{name} {verb}", rest[1:])
         print(f"gensys: unknown command '{name}' (see gensys --help)", file=sys.stderr)

@@ -1,8 +1,8 @@
 """Typed configs: dataclasses loaded from YAML, overridden by `key.sub=value` arguments.
 
-Every config is a plain (possibly nested) dataclass with type hints and defaults. Loading walks the YAML mapping
-against the dataclass fields, so a typo (`trian.lr`) or a wrong type (`lr: fast`) is an error that names the key
-and the file, instead of a silently ignored setting.
+Every config is a plain (possibly nested) dataclass with type hints and defaults. Loading walks the YAML
+mapping against the dataclass fields, so a typo (`trian.lr`) or a wrong type (`lr: fast`) is an error that
+names the key and the file, instead of a silently ignored setting.
 """
 
 from __future__ import annotations
@@ -25,7 +25,15 @@ class ConfigError(GensysError):
     """A config file or override is missing, unknown or of the wrong type."""
 
 
-__all__ = ["ConfigError", "load_config", "from_dict", "to_dict", "apply_overrides", "dump_yaml", "config_help"]
+__all__ = [
+    "ConfigError",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "apply_overrides",
+    "dump_yaml",
+    "config_help",
+]
 
 
 def _type_name(tp: Any) -> str:
@@ -59,7 +67,9 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         return value
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise ConfigError(f"{source}: '{key}' is a section ({tp.__name__}); expected a mapping, got {value!r}")
+            raise ConfigError(
+                f"{source}: '{key}' is a section ({tp.__name__}); expected a mapping, got {value!r}"
+            )
         return from_dict(tp, value, source=source, prefix=key + ".")
     if origin in (list, tuple):
         if not isinstance(value, list | tuple):

@@ -97,7 +97,9 @@ def test_cli_unknown_and_unbuilt_commands_exit_2(capsys):
     assert "unknown command 'nosuch'" in capsys.readouterr().err
     assert cli.main(["translate", "fly"]) == 2
     assert "unknown verb 'fly'" in capsys.readouterr().err
-    unbuilt = [(f"{s} {v}", c) for s, verbs in cli.SYSTEMS.items() for v, c in verbs.items() if c.target is None]
+    unbuilt = [
+        (f"{s} {v}", c) for s, verbs in cli.SYSTEMS.items() for v, c in verbs.items() if c.target is None
+    ]
     unbuilt += [(n, c) for n, c in cli.COMMANDS.items() if c.target is None]
     for name, _ in unbuilt:
         assert cli.main(name.split()) == 2
