@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from gensys.errors import GensysError
 
-class MetricInputError(ValueError):
+
+class MetricInputError(GensysError, ValueError):
     """Bad input to a metric: mismatched lengths, empty reference sets, undecodable text, NaN, ..."""
 
 
