@@ -39,7 +39,7 @@ COMMANDS: dict[str, Command] = {
     "generate": Command(None, "decode text from a checkpoint with any strategy", "#5"),
     "metrics": Command("gensys.metrics.cli:metrics_main", "score hypotheses against references (JSON out)"),
     "report": Command("gensys.metrics.cli:report_main", "online metrics from the server's event log"),
-    "convert": Command(None, "convert decoder LMs from/to Hugging Face format", "#3"),
+    "convert": Command("gensys.models.convert:convert_main", "convert decoder LMs from/to Hugging Face format"),
 }
 
 # Per-system verbs. Each system's recipe lives in gensys.apps.<system>.

@@ -1,0 +1,185 @@
+"""Multi-head attention: self / cross, grouped-query (n_kv_heads < n_heads), with a KV cache.
+
+Scores are `q k^T * scale` (scale = 1/sqrt(head_dim) unless given) softmaxed over keys. The default path is
+`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels where available); an
+explicit path (`attend_math`) handles additive attention biases such as T5's relative positions and serves
+as the readable reference the fast path is tested against.
+
+Masks are boolean with True = "may attend", shaped (B or 1, 1, Tq, Tk). `build_self_mask` / `build_cross_mask`
+turn a (B, T) padding mask (1 = real token) into one and return None when no mask is needed, so the common
+unpadded training step takes SDPA's `is_causal` fast path.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from gensys.nn.cache import KVCache
+from gensys.nn.positions import apply_rotary
+
+
+def build_self_mask(
+    key_mask: Tensor | None, q_len: int, k_len: int, causal: bool
+) -> tuple[Tensor | None, bool]:
+    """(mask, is_causal) for self-attention where the queries are the last q_len of k_len positions.
+
+    key_mask: (B, k_len) with 1/True = real token, or None (no padding). Returns mask (B|1, 1, q_len, k_len)
+    or None, and whether SDPA may use its causal fast path instead (no padding, no cached past).
+    """
+    if key_mask is not None and key_mask.shape[-1] != k_len:
+        raise ValueError(
+            f"attention_mask covers {key_mask.shape[-1]} positions; expected cached + new = {k_len}"
+        )
+    if key_mask is not None and bool(key_mask.all()):
+        key_mask = None  # an all-ones mask masks nothing: keep the fast path
+    past = k_len - q_len
+    if key_mask is None:
+        if not causal or q_len == 1:
+            return None, False  # one new query may see every cached key
+        if past == 0:
+            return None, True
+    device = key_mask.device if key_mask is not None else None
+    q_idx = torch.arange(past, k_len, device=device)[:, None]  # (Tq, 1) absolute query positions
+    k_idx = torch.arange(k_len, device=device)[None, :]  # (1, Tk)
+    mask = (k_idx <= q_idx) if causal else torch.ones(q_len, k_len, dtype=torch.bool, device=device)
+    mask = mask[None, None]  # (1, 1, Tq, Tk)
+    if key_mask is not None:
+        # Padded keys are hidden; every query still sees itself, so a padded query's row is never empty
+        # (an all -inf row would give NaN in the explicit path). Real queries see themselves anyway.
+        mask = (mask & key_mask.bool()[:, None, None, :]) | (k_idx == q_idx)[None, None]
+    return mask, False
+
+
+def build_cross_mask(memory_mask: Tensor | None) -> Tensor | None:
+    """(B, 1, 1, S) boolean mask from a (B, S) memory padding mask, or None if nothing is padded."""
+    if memory_mask is None or bool(memory_mask.all()):
+        return None
+    return memory_mask.bool()[:, None, None, :]
+
+
+def attend_math(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    bias: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    dropout: float = 0.0,
+) -> Tensor:
+    """softmax(q k^T * scale + bias, masked) v, written out. q (B, H, Tq, D); k, v (B, H_kv, Tk, D)."""
+    if k.shape[1] != q.shape[1]:  # grouped-query: each K/V head serves H / H_kv query heads
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)) * scale  # (B, H, Tq, Tk)
+    if bias is not None:
+        scores = scores + bias
+    if is_causal:
+        tq, tk = scores.shape[-2:]
+        causal = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq)
+        mask = causal if mask is None else mask & causal
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if dropout > 0:
+        probs = F.dropout(probs, p=dropout)
+    return torch.matmul(probs, v)  # (B, H, Tq, D)
+
+
+class Attention(nn.Module):
+    """Multi-head (grouped-query) attention with separate q/k/v/o projections.
+
+    Self-attention when `memory` is None, cross-attention over `memory` otherwise. Head counts are derived
+    from the projections' sizes at run time (`q_proj.out_features // head_dim`), so a tensor-parallel split
+    of q/k/v (columns) and o (rows) needs no change here.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        n_heads: int,
+        *,
+        n_kv_heads: int | None = None,
+        head_dim: int | None = None,
+        kv_dim: int | None = None,
+        bias: bool = True,
+        dropout: float = 0.0,
+        scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_heads ({n_heads}) must be a multiple of n_kv_heads ({n_kv_heads})")
+        self.head_dim = dim // n_heads if head_dim is None else head_dim
+        kv_dim = dim if kv_dim is None else kv_dim
+        self.q_proj = nn.Linear(dim, n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(kv_dim, n_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(kv_dim, n_kv_heads * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(n_heads * self.head_dim, dim, bias=bias)
+        self.dropout = dropout
+        self.scale = scale  # None = 1/sqrt(head_dim); T5 uses 1.0 (folded into its init)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        memory: Tensor | None = None,
+        mask: Tensor | None = None,
+        is_causal: bool = False,
+        rope: tuple[Tensor, Tensor] | None = None,
+        bias: Tensor | None = None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+    ) -> Tensor:
+        """x (B, T, dim) -> (B, T, dim).
+
+        mask: boolean (B|1, 1, T, Tk), True = attend. rope: (cos, sin) for the new positions. bias: additive
+        (B|1, H, T, Tk) scores bias (forces the explicit path). cache: self-attention appends this step's K/V
+        to layer `layer`; cross-attention computes K/V from `memory` once and reuses them afterwards.
+        """
+        b, t, _ = x.shape
+        q = self._heads(self.q_proj(x))  # (B, H, T, D)
+        if memory is None:
+            k = self._heads(self.k_proj(x))  # (B, H_kv, T, D)
+            v = self._heads(self.v_proj(x))
+            if rope is not None:
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)  # (B, H_kv, T_past + T, D)
+        else:
+            cached = cache.get_cross(layer) if cache is not None else None
+            if cached is None:
+                k = self._heads(self.k_proj(memory))  # (B, H_kv, S, D)
+                v = self._heads(self.v_proj(memory))
+                if cache is not None:
+                    cache.set_cross(layer, k, v)
+            else:
+                k, v = cached
+        dropout = self.dropout if self.training else 0.0
+        if bias is None:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask,
+                dropout_p=dropout,
+                is_causal=is_causal,
+                scale=self.scale,
+                enable_gqa=k.shape[1] != q.shape[1],
+            )
+        else:
+            out = attend_math(
+                q, k, v, mask=mask, bias=bias, is_causal=is_causal, scale=self.scale, dropout=dropout
+            )
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+
+
+__all__ = ["Attention", "attend_math", "build_cross_mask", "build_self_mask"]
