@@ -130,13 +130,34 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>", pre
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}; known keys: {known}")
-        kwargs[key] = _coerce(value, hints[key], prefix + key, source)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            # A partial section overrides the field's own default instance, not the section class's defaults:
+            # `train.max_steps=8` must keep the lr that `train: TrainConfig = field(default_factory=...)` set.
+            value = _merge(_field_default_dict(fields[key]), value)
+        kwargs[key] = _coerce(value, tp, prefix + key, source)
     try:
         return cls(**kwargs)
     except TypeError as e:  # a required field without default is missing
         raise ConfigError(f"{source}: {prefix or cls.__name__}: {e}") from None
     except ValueError as e:  # __post_init__ validation
         raise ConfigError(f"{source}: {prefix or cls.__name__}: {e}") from None
+
+
+def _field_default_dict(f: dataclasses.Field) -> dict[str, Any]:
+    if f.default_factory is not dataclasses.MISSING:
+        return to_dict(f.default_factory())
+    if f.default is not dataclasses.MISSING and dataclasses.is_dataclass(f.default):
+        return to_dict(f.default)
+    return {}
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Deep merge of mappings: `update` wins; nested mappings merge key by key."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

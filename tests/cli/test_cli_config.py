@@ -117,3 +117,16 @@ def test_every_built_command_imports():
 def test_console_script_runs():
     r = subprocess.run([sys.executable, "-m", "gensys", "--help"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "compose" in r.stdout
+
+
+@dataclass
+class Outer:
+    opt: Opt = field(default_factory=lambda: Opt(lr=0.5, schedule="constant"))
+
+
+def test_partial_section_keeps_the_fields_own_defaults(tmp_path):
+    """Overriding one key of a section must not reset the others to the section class's defaults."""
+    cfg = load_config(Outer, None, ["opt.betas=[0.8, 0.9]"])
+    assert cfg.opt == Opt(lr=0.5, betas=(0.8, 0.9), schedule="constant")
+    cfg = load_config(Outer, write(tmp_path, "opt:\n  lr: 0.1\n"))
+    assert cfg.opt == Opt(lr=0.1, schedule="constant")
