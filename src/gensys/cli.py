@@ -36,10 +36,12 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "serve": Command(None, "serve all five systems over HTTP (OpenAI-compatible chat API + web pages)", "#7"),
     "demo": Command(None, "the main job: what `make demo` runs", "#2"),
-    "generate": Command(None, "decode text from a checkpoint with any strategy", "#5"),
+    "generate": Command("gensys.generate.cli:generate_main", "decode text from a checkpoint with any strategy"),
     "metrics": Command("gensys.metrics.cli:metrics_main", "score hypotheses against references (JSON out)"),
     "report": Command("gensys.metrics.cli:report_main", "online metrics from the server's event log"),
-    "convert": Command("gensys.models.convert:convert_main", "convert decoder LMs from/to Hugging Face format"),
+    "convert": Command(
+        "gensys.models.convert:convert_main", "convert decoder LMs from/to Hugging Face format"
+    ),
 }
 
 # Per-system verbs. Each system's recipe lives in gensys.apps.<system>.
@@ -51,10 +53,18 @@ SYSTEMS: dict[str, dict[str, Command]] = {
         "predict": Command(None, "suggest completions for text on stdin", "#8"),
     },
     "translate": {
-        "prepare": Command(None, "build the joint BPE vocabulary for a language pair", "#9"),
-        "train": Command(None, "MLM pretraining then supervised fine-tuning", "#9"),
-        "eval": Command(None, "BLEU, chrF, ROUGE-L, METEOR and decode speed", "#9"),
-        "predict": Command(None, "translate lines from stdin or --input", "#9"),
+        "prepare": Command(
+            "gensys.apps.translate.recipe:prepare_main", "build the joint BPE vocabulary for a language pair"
+        ),
+        "train": Command(
+            "gensys.apps.translate.recipe:train_main", "MLM pretraining then supervised fine-tuning"
+        ),
+        "eval": Command(
+            "gensys.apps.translate.recipe:eval_main", "BLEU, chrF, ROUGE-L, METEOR and decode speed"
+        ),
+        "predict": Command(
+            "gensys.apps.translate.recipe:predict_main", "translate lines from stdin or --input"
+        ),
     },
     "chat": {
         "prepare": Command(None, "tokenizer and datasets for pretrain/SFT/preference/safety", "#10"),

@@ -94,6 +94,12 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # PyYAML follows YAML 1.1, which reads `7e-4` (no dot) as a string; take it as the number it is.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{source}: '{key}' expects a number, got {value!r}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

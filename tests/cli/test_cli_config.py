@@ -40,6 +40,7 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_defaults_yaml_and_overrides(tmp_path):
     p = write(tmp_path, "layers: 4\nopt:\n  lr: 0.01\n")
     cfg = load_config(Cfg, p, ["opt.schedule=constant", "langs=[en, fr]", "ckpt=runs/x", "opt.lr=3"])
+    assert load_config(Cfg, None, ["opt.lr=7e-4"]).opt.lr == 7e-4  # YAML 1.1 reads 7e-4 as a string
     assert cfg.layers == 4 and cfg.opt.lr == 3.0 and isinstance(cfg.opt.lr, float)
     assert cfg.opt.schedule == "constant" and cfg.langs == ["en", "fr"] and cfg.ckpt == "runs/x"
     assert cfg.opt.betas == (0.9, 0.95)

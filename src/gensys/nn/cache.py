@@ -65,9 +65,26 @@ class KVCache:
         self._v = [None if t is None else fn(t) for t in self._v]
         self.cross = [None if c is None else (fn(c[0]), fn(c[1])) for c in self.cross]
 
-    def reorder(self, index: Tensor) -> None:
-        """Keep rows `index` (LongTensor (B_new,)) of every tensor: beam search's parent selection."""
-        self._map(lambda t: t.index_select(0, index))
+    def reorder(self, index: Tensor, cross: bool = True) -> None:
+        """Keep rows `index` (LongTensor (B_new,)) of every tensor: beam search's parent selection.
+
+        Only the filled part of each self-attention buffer is copied (the rest is spare capacity). With
+        `cross=False` the cross-attention entries are left alone: beams of one source share the same encoder
+        output, so a reorder within each source's group of beams does not change them.
+        """
+        for i, (kb, vb, n) in enumerate(zip(self._k, self._v, self._len)):
+            if kb is None:
+                continue
+            k2 = kb.new_empty(index.shape[0], *kb.shape[1:])
+            v2 = vb.new_empty(index.shape[0], *vb.shape[1:])
+            k2[:, :, :n] = kb[:, :, :n].index_select(0, index)
+            v2[:, :, :n] = vb[:, :, :n].index_select(0, index)
+            self._k[i], self._v[i] = k2, v2
+        if cross:
+            self.cross = [
+                None if c is None else (c[0].index_select(0, index), c[1].index_select(0, index))
+                for c in self.cross
+            ]
 
     def expand(self, n: int) -> None:
         """Repeat every row n times in place (row b becomes rows b*n .. b*n+n-1)."""
