@@ -34,9 +34,14 @@ class Command:
 
 # Top-level commands.
 COMMANDS: dict[str, Command] = {
-    "serve": Command(None, "serve all five systems over HTTP (OpenAI-compatible chat API + web pages)", "#7"),
-    "demo": Command(None, "the main job: what `make demo` runs", "#2"),
-    "generate": Command("gensys.generate.cli:generate_main", "decode text from a checkpoint with any strategy"),
+    "serve": Command(
+        "gensys.serve.main:serve_main",
+        "serve all five systems over HTTP (OpenAI-compatible chat API + web pages)",
+    ),
+    "demo": Command("gensys.demo:demo_main", "the main job: what `make demo` runs"),
+    "generate": Command(
+        "gensys.generate.cli:generate_main", "decode text from a checkpoint with any strategy"
+    ),
     "metrics": Command("gensys.metrics.cli:metrics_main", "score hypotheses against references (JSON out)"),
     "report": Command("gensys.metrics.cli:report_main", "online metrics from the server's event log"),
     "convert": Command(
@@ -47,10 +52,18 @@ COMMANDS: dict[str, Command] = {
 # Per-system verbs. Each system's recipe lives in gensys.apps.<system>.
 SYSTEMS: dict[str, dict[str, Command]] = {
     "compose": {
-        "prepare": Command(None, "clean and split the AESLC emails, train the tokenizer", "#8"),
-        "train": Command(None, "train the phrase-generator LM (and the n-gram baseline)", "#8"),
-        "eval": Command(None, "perplexity, ExactMatch@N, trigger rate, latency", "#8"),
-        "predict": Command(None, "suggest completions for text on stdin", "#8"),
+        "prepare": Command(
+            "gensys.apps.compose.recipe:prepare_main", "clean and split the AESLC emails, train the tokenizer"
+        ),
+        "train": Command(
+            "gensys.apps.compose.recipe:train_main", "train the phrase-generator LM (and the n-gram baseline)"
+        ),
+        "eval": Command(
+            "gensys.apps.compose.recipe:eval_main", "perplexity, ExactMatch@N, trigger rate, latency"
+        ),
+        "predict": Command(
+            "gensys.apps.compose.recipe:predict_main", "suggest completions for text on stdin"
+        ),
     },
     "translate": {
         "prepare": Command(
@@ -67,25 +80,43 @@ SYSTEMS: dict[str, dict[str, Command]] = {
         ),
     },
     "chat": {
-        "prepare": Command(None, "tokenizer and datasets for pretrain/SFT/preference/safety", "#10"),
-        "train": Command(None, "stage=pretrain|sft|reward|ppo|dpo|safety", "#10"),
-        "eval": Command(None, "perplexity, reward-model accuracy, win rates, safety figures", "#10"),
-        "predict": Command(None, "answer a prompt through the inference pipeline", "#11"),
+        "prepare": Command(
+            "gensys.apps.chat.recipe:prepare_main",
+            "tokenizer and datasets for pretrain/SFT/preference/safety",
+        ),
+        "train": Command("gensys.apps.chat.recipe:train_main", "stage=pretrain|sft|reward|ppo|dpo|safety"),
+        "eval": Command(
+            "gensys.apps.chat.recipe:eval_main",
+            "perplexity, reward-model accuracy, win rates, safety figures",
+        ),
+        "predict": Command(
+            "gensys.apps.chat.recipe:predict_main", "answer a prompt through the inference pipeline"
+        ),
     },
     "caption": {
-        "prepare": Command(None, "index images and captions, train the tokenizer", "#12"),
-        "train": Command(None, "train the CNN or ViT captioner", "#12"),
-        "eval": Command(None, "CIDEr-D, BLEU-1..4, METEOR, ROUGE-L on dev", "#12"),
-        "predict": Command(None, "caption images", "#12"),
+        "prepare": Command(
+            "gensys.apps.caption.recipe:prepare_main", "index images and captions, train the tokenizer"
+        ),
+        "train": Command("gensys.apps.caption.recipe:train_main", "train the CNN or ViT captioner"),
+        "eval": Command("gensys.apps.caption.recipe:eval_main", "CIDEr-D, BLEU-1..4, METEOR, ROUGE-L on dev"),
+        "predict": Command("gensys.apps.caption.recipe:predict_main", "caption images"),
     },
     "rag": {
-        "prepare": Command(None, "ingest the Stack Exchange corpus into chunks", "#13"),
-        "index": Command(None, "build or update the hybrid (dense + BM25) index", "#13"),
-        "search": Command(None, "retrieve chunks for a query as a user", "#13"),
-        "ask": Command(None, "answer a question with citations", "#13"),
-        "train": Command(None, "RAG uses pretrained embeddings and the chat model", "#13"),
-        "eval": Command(None, "Recall@k, MRR, nDCG@10, citation precision, latency", "#13"),
-        "predict": Command(None, "alias of ask for batch input", "#13"),
+        "prepare": Command(
+            "gensys.apps.rag.recipe:prepare_main", "ingest the Stack Exchange corpus into chunks"
+        ),
+        "index": Command(
+            "gensys.apps.rag.recipe:index_main", "build or update the hybrid (dense + BM25) index"
+        ),
+        "search": Command("gensys.apps.rag.recipe:search_main", "retrieve chunks for a query as a user"),
+        "ask": Command("gensys.apps.rag.recipe:ask_main", "answer a question with citations"),
+        "train": Command(
+            "gensys.apps.rag.recipe:train_main", "nothing to train: says how the index and answers are made"
+        ),
+        "eval": Command(
+            "gensys.apps.rag.recipe:eval_main", "Recall@k, MRR, nDCG@10, citation precision, latency"
+        ),
+        "predict": Command("gensys.apps.rag.recipe:predict_main", "alias of ask for batch input"),
     },
 }
 

@@ -1,0 +1,1 @@
+"""gensys.apps.chat."""
