@@ -262,9 +262,12 @@ def test_win_rate_and_length_slope():
 # ---- configs ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "configs/chat").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_configs_load(path):
-    cfg = load_chat_config(path)
+TRAIN_CONFIGS = ("tiny.yaml", "demo.yaml", "small.yaml")  # the training configs (the others are issue 11's)
+
+
+@pytest.mark.parametrize("name", TRAIN_CONFIGS)
+def test_shipped_configs_load(name):
+    cfg = load_chat_config(ROOT / "configs/chat" / name)
     assert cfg.model.pos == "rope" and cfg.model.norm == "rmsnorm" and cfg.model.activation == "swiglu"
     assert cfg.model.n_kv_heads is not None and cfg.model.n_kv_heads < cfg.model.n_heads  # GQA
     assert cfg.ppo.rollout_batch % cfg.ppo.minibatch == 0
