@@ -8,7 +8,8 @@ JSON and the event log), one with `batching.enabled=false`, each with every syst
 bounded number of requests is sent by 1, 8 and 32 concurrent clients to compose/suggest, chat completions
 (greedy, `--chat-tokens` new tokens, through the chat pipeline: safety filter on input and output,
 sessions) and text completions (the chat LM alone). Reported: requests/s, p50/p90/p99 latency, the largest
-batch each server formed, and each server's resident memory (VmRSS after loading, VmHWM peak at the end).
+batch each server formed, the server's CPU time per request (user + system of its process: on a shared
+machine far steadier than wall time), and each server's resident memory (VmRSS after loading, VmHWM peak).
 The two servers are loaded in turn (A, B, A, B: `--repeats`), keeping each one's best run, so that the
 drifting load of a shared machine does not decide the comparison. Only 127.0.0.1 is contacted.
 """
@@ -58,6 +59,13 @@ def rss_mb(pid: int) -> dict[str, float]:
     return out
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used: unlike wall time, barely moved by other
+    processes competing for the same cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tiny_models(root: Path) -> dict[str, Path]:
     """Random-weight checkpoints of every family (what the serve tests use), for a machine without models/."""
     sys.path.insert(0, str(REPO / "tests" / "serve"))
@@ -84,13 +92,26 @@ def tiny_models(root: Path) -> dict[str, Path]:
 def model_paths(kind: str, root: Path) -> tuple[dict[str, Path], dict[str, str]]:
     """Checkpoint per system and where it came from ("shipped" models/<system> or "tiny")."""
     shipped = {s: REPO / "models" / s for s in SYSTEMS if (REPO / "models" / s).is_dir()}
+    origin = dict.fromkeys(shipped, "shipped")
+    chat = shipped.get("chat")
+    if chat is not None and (chat / "policy").is_dir() and not (chat / "safety").is_dir():
+        # the shipped policy without its safety classifier: measure it behind the tests' n-gram stand-in
+        sys.path.insert(0, str(REPO / "tests" / "serve"))
+        from serve_models import save_chat_dir
+
+        shipped["chat"] = save_chat_dir(root / "chat_shipped", chat / "policy")
+        if (chat / "reward").is_dir():
+            import shutil
+
+            shutil.copytree(chat / "reward", shipped["chat"] / "reward")
+        origin["chat"] = "shipped policy + stand-in n-gram safety classifier"
     if kind == "shipped":
-        return shipped, dict.fromkeys(shipped, "shipped")
+        return shipped, origin
     tiny = tiny_models(root)
     if kind == "tiny":
         return tiny, dict.fromkeys(tiny, "tiny")
     paths = {s: shipped.get(s, tiny[s]) for s in SYSTEMS}
-    return paths, {s: "shipped" if s in shipped else "tiny" for s in SYSTEMS}
+    return paths, {s: origin.get(s, "tiny") for s in SYSTEMS}
 
 
 class Server:
@@ -180,8 +201,9 @@ LABELS = {False: "no batching", True: "batching"}
 
 
 def show(label: str, endpoint: str, c: int, r: dict) -> None:
-    lat = f"p50 {r['p50_ms']:8.1f}  p90 {r['p90_ms']:8.1f}  p99 {r['p99_ms']:8.1f} ms"
-    print(f"  {label:11s} {endpoint:11s} clients={c:3d}  {r['rps']:7.2f} req/s  {lat}  errors {r['errors']}",
+    lat = f"p50 {r['p50_ms']:7.1f}  p90 {r['p90_ms']:7.1f}  p99 {r['p99_ms']:7.1f} ms"
+    cpu = f"server CPU {r['cpu_ms_per_request']:6.1f} ms/req"
+    print(f"  {label:11s} {endpoint:11s} c={c:3d}  {r['rps']:6.2f} req/s  {lat}  {cpu}  errors {r['errors']}",
           flush=True)  # fmt: skip
 
 
@@ -200,6 +222,8 @@ def main() -> int:
     models, origin = model_paths(a.models, workdir)
     print(f"models: {', '.join(f'{s}={origin[s]}' for s in models)}", flush=True)
     results: dict = {"models": origin, "requests": a.requests, "chat_tokens": a.chat_tokens, "runs": {}}
+    results["loadavg_start"] = os.getloadavg()  # other processes on the machine (shared CPUs)
+    results["cpus"] = os.cpu_count()
     # Both servers run side by side and are loaded in turn (A, B, A, B): on a shared machine the load of
     # other processes drifts, and alternating keeps that drift out of the with/without comparison.
     servers = {
@@ -222,7 +246,9 @@ def main() -> int:
             for c in levels:
                 for _ in range(a.repeats):
                     for b, server in servers.items():
+                        cpu0 = cpu_s(server.proc.pid)
                         r = asyncio.run(load(server.url, endpoint, c, a.requests, a.chat_tokens))
+                        r["cpu_ms_per_request"] = (cpu_s(server.proc.pid) - cpu0) * 1000.0 / a.requests
                         best = results["runs"][LABELS[b]]["load"].get(f"{endpoint}@{c}")
                         if best is None or r["rps"] > best["rps"]:
                             results["runs"][LABELS[b]]["load"][f"{endpoint}@{c}"] = r
@@ -238,12 +264,16 @@ def main() -> int:
     finally:
         for server in servers.values():
             server.stop()
+    results["loadavg_end"] = os.getloadavg()
+    start, end = results["loadavg_start"], results["loadavg_end"]
+    print(f"machine load average (1, 5, 15 min): start {start}, end {end}, on {results['cpus']} CPUs")
     base, batched = results["runs"]["no batching"]["load"], results["runs"]["batching"]["load"]
-    print("\nthroughput with batching / without (same run, alternating):")
+    print("\nwith batching / without (same run, alternating): throughput, and server CPU per request")
     for key in batched:
         ratio = batched[key]["rps"] / base[key]["rps"]
-        results.setdefault("speedup", {})[key] = ratio
-        print(f"  {key:15s} x{ratio:.2f}")
+        cpu = batched[key]["cpu_ms_per_request"] / base[key]["cpu_ms_per_request"]
+        results.setdefault("speedup", {})[key] = {"throughput": ratio, "cpu_per_request": cpu}
+        print(f"  {key:15s} throughput x{ratio:.2f}   CPU per request x{cpu:.2f}")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 from gensys.serve.config import SYSTEMS, ServeConfig, repo_root
+from gensys.serve.logs import setup_logging
 from gensys.serve.main import config_from_args, parser, run, summary
 from gensys.serve.systems import TRAIN_COMMANDS, TRAIN_NOTES, Registry
 
@@ -58,6 +59,7 @@ def demo_main(argv: list[str]) -> int:
     if missing and a.train_missing:
         train_missing(missing)
         missing = missing_systems(cfg)
+    setup_logging(cfg.log_level, cfg.log_format)
     registry = Registry.load(cfg)
     print(summary(cfg, registry), file=sys.stderr)
     if missing:

@@ -4,10 +4,7 @@ predictors, an ASGI test client and a live uvicorn server on a free loopback por
 from __future__ import annotations
 
 import os
-import socket
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from serve_helpers import LiveServer, make_config  # noqa: E402
 from serve_models import (  # noqa: E402
     chat_rows,
     compose_rows,
@@ -26,10 +24,7 @@ from serve_models import (  # noqa: E402
     tiny_tokenizer,
 )
 
-from gensys.serve.config import ServeConfig, load_serve_config  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_YAML = REPO / "configs" / "serve" / "default.yaml"
+from gensys.serve.config import ServeConfig  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -67,23 +62,6 @@ def refusing_app(refusing_chat, tmp_path_factory):
     reg.close()
 
 
-def make_config(models: dict[str, Path], tmp: Path, *extra: str) -> ServeConfig:
-    """The shipped default.yaml pointed at the tiny models, with deterministic predictor options."""
-    overrides = [f"models.{k}={v}" for k, v in models.items()]
-    overrides += [
-        f"events_db={tmp / 'events.sqlite'}",
-        "log_level=warning",
-        # a random-weight model is never confident, and this machine is slow: show every suggestion
-        "predictor_options.compose.min_confidence=0.0",
-        "predictor_options.compose.latency_budget_ms=0",
-        "predictor_options.rag.chat_ckpt=",  # extractive answers (the generative path is rag's to test)
-        f"predictor_options.chat.config={REPO / 'configs' / 'chat' / 'pipeline.yaml'}",
-        'predictor_options.chat.sessions.db_path=":memory:"',
-        *extra,
-    ]
-    return load_serve_config(DEFAULT_YAML, overrides)
-
-
 @pytest.fixture(scope="session")
 def serve_config(tiny_models, tmp_path_factory) -> ServeConfig:
     return make_config(tiny_models, tmp_path_factory.mktemp("serve_events"))
@@ -110,38 +88,6 @@ def client(app):
     from fastapi.testclient import TestClient
 
     return TestClient(app)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveServer:
-    """uvicorn serving an app in a background thread on 127.0.0.1:<free port>."""
-
-    def __init__(self, app) -> None:
-        import uvicorn
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None, access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            if time.time() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture(scope="session")

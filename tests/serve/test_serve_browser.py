@@ -200,7 +200,7 @@ def test_error_is_shown_not_swallowed(browser, live_server):
 
 
 def test_chat_shows_a_refusal_notice(browser, refusing_app):
-    from conftest import LiveServer
+    from serve_helpers import LiveServer
 
     with LiveServer(refusing_app) as server:
         browser.get(server.url + "/chat")

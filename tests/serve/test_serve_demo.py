@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import DEFAULT_YAML, REPO, free_port
+from serve_helpers import DEFAULT_YAML, REPO, free_port
 
 from gensys.config import ConfigError
 from gensys.demo import demo_main
@@ -49,7 +49,8 @@ def test_paths_resolve_against_cwd_then_repo(tmp_path, monkeypatch):
 
 def test_demo_check_lists_systems_and_the_commands_for_missing_ones(tiny_models, tmp_path, capsys):
     base = ["--config", str(DEFAULT_YAML), f"models.chat={tiny_models['chat']}", "models.compose=",
-            "models.caption=", "models.rag=", f"events_db={tmp_path / 'ev.sqlite'}"]  # fmt: skip
+            "models.caption=", "models.rag=", f"events_db={tmp_path / 'ev.sqlite'}",
+            f"predictor_options.chat.sessions.db_path={tmp_path / 'sessions.sqlite3'}"]  # fmt: skip
     assert demo_main(["--check", *base, f"models.translate={tmp_path / 'missing'}"]) == 1
     err = capsys.readouterr().err
     assert "gensys serving on http://127.0.0.1:8000" in err
@@ -65,7 +66,8 @@ def test_serve_main_in_a_subprocess_logs_json(tiny_models, tmp_path):
     port = free_port()
     args = ["--config", str(DEFAULT_YAML), "--port", str(port), f"models.chat={tiny_models['chat']}",
             "models.compose=", "models.translate=", "models.caption=", "models.rag=",
-            f"events_db={tmp_path / 'ev.sqlite'}"]  # fmt: skip
+            f"events_db={tmp_path / 'ev.sqlite'}",
+            f"predictor_options.chat.sessions.db_path={tmp_path / 'sessions.sqlite3'}"]  # fmt: skip
     code = f"import sys; from gensys.serve.main import serve_main; sys.exit(serve_main({args!r}))"
     log = tmp_path / "stderr.log"
     with log.open("w") as err:

@@ -7,8 +7,8 @@ import json
 import logging
 
 import httpx
-from conftest import make_config
 from fastapi.testclient import TestClient
+from serve_helpers import make_config
 
 from gensys.serve.app import create_app
 from gensys.serve.systems import Registry

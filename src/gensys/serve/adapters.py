@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gensys.serve.batching import DynamicBatcher
 from gensys.serve.lm_chat import LMChat, gen_params_key
 
 BatchFn = Callable[[list[Any]], list[Any]]
@@ -107,7 +108,14 @@ def batch_fn(name: str, predictor: Any) -> tuple[BatchFn, Callable[[Any], Hashab
 
         return ask, lambda item: None
     if name == "chat":
-        return _chat_fn(predictor), lambda item: (item["kind"], gen_params_key(item["params"]))
+        pipeline_batches = predictor.kind == "lm" or hasattr(predictor.pipeline, "complete_batch")
+
+        def chat_key(item: dict[str, Any]) -> Hashable:
+            if item["kind"] == "chat" and not pipeline_batches:
+                return DynamicBatcher.ALONE  # the pipeline answers one conversation per call
+            return item["kind"], gen_params_key(item["params"])
+
+        return _chat_fn(predictor), chat_key
     raise KeyError(name)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from gensys.serve.config import ServeConfig, load_serve_config, repo_root
+from gensys.serve.logs import setup_logging
 from gensys.serve.systems import Registry
 
 DEFAULT_CONFIG = "configs/serve/default.yaml"
@@ -77,6 +78,7 @@ def serve_main(argv: list[str]) -> int:
     """Entry point of `gensys serve`."""
     a = parser().parse_args(argv)
     cfg = config_from_args(a)
+    setup_logging(cfg.log_level, cfg.log_format)
     registry = Registry.load(cfg)
     print(summary(cfg, registry), file=sys.stderr, flush=True)
     run(cfg, registry)

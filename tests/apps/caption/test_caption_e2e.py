@@ -47,6 +47,9 @@ def test_train_eval_predict_learn_synthetic_shapes(shapes_dir, tmp_path, capsys)
     report = json.loads((out / "export" / "metrics.json").read_text())
     assert report["images"] == 32 and report["metrics"]["cider_d"] > 1.0, report["metrics"]
     assert report["metrics"]["bleu_1"] > 0.6
+    sweep = report["fairness"]["threshold_sweep"]  # no person words in shapes: the rule never fires
+    assert len(sweep) > 3 and all(s["captions_changed_rate"] == 0 for s in sweep)
+    assert {s["cider_d"] for s in sweep} == {round(report["metrics_after_fairness"]["cider_d"], 4)}
     pngs = sorted(out.glob("export/attention_*.png"))
     assert len(pngs) == 2 and Image.open(pngs[0]).size[0] > 100
     assert "| CIDEr-D |" in (out / "table.md").read_text()

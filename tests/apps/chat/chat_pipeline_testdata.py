@@ -59,7 +59,8 @@ def _sentence(rng: random.Random, extra: str = "") -> str:
 
 def write_safety_data(root: Path, seed: int = 0) -> Path:
     """chat/safety/{moderation jsonl.gz, davidson csv.gz, xstest csv}, chat/sft/sft_train.jsonl,
-    chat/preference/hh_harmless_pairs_train.jsonl.gz (red-team asks) and rag/questions.jsonl.gz."""
+    chat/preference/hh_harmless_pairs_train.jsonl.gz (red-team asks), rag/questions.jsonl.gz and
+    translate/train.en.gz (captions)."""
     rng = random.Random(seed)
     safety = root / "chat" / "safety"
     safety.mkdir(parents=True, exist_ok=True)
@@ -102,6 +103,9 @@ def write_safety_data(root: Path, seed: int = 0) -> Path:
             ask = f"how can I {rng.choice(HARMFUL_ASKS)} the {rng.choice(FILLER)}"
             f.write(json.dumps({"prompt": f"\n\nHuman: {ask}\n\nAssistant: no\n\nHuman: please\n\nAssistant:",
                                 "chosen": "no", "rejected": "ok"}) + "\n")  # fmt: skip
+    (root / "translate").mkdir(parents=True, exist_ok=True)
+    with gzip.open(root / "translate" / "train.en.gz", "wt", encoding="utf-8") as f:
+        f.write("\n".join(f"A dog near the {rng.choice(FILLER)}." for _ in range(40)) + "\n")
     rag = root / "rag"
     rag.mkdir(parents=True, exist_ok=True)
     with gzip.open(rag / "questions.jsonl.gz", "wt", encoding="utf-8") as f:

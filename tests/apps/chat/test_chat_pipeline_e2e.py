@@ -330,9 +330,10 @@ def test_missing_safety_checkpoint_is_a_clear_error(tmp_path, chat_dir):
     assert pipe.safety is None and pipe.complete(USER, user="u")["text"] is not None
 
 
-def test_shipped_pipeline_config_loads():
+def test_shipped_pipeline_config_loads_and_equals_the_defaults():
     cfg = load_pipeline_config("configs/chat/pipeline.yaml")
     assert isinstance(cfg, PipelineConfig) and cfg.safety.enabled and cfg.generator.n >= 1
+    assert cfg == PipelineConfig()  # passing the file or not gives the same pipeline
 
 
 def test_predict_main_holds_one_conversation(chat_dir, monkeypatch, capsys):

@@ -98,7 +98,8 @@ def test_tune_thresholds_picks_the_best_f1():
 def test_ngram_baseline_learns_the_keywords(data_root, tmp_path):
     cfg = S.load_safety_config(
         "configs/chat/safety_tiny.yaml",
-        [f"data.data_dir={data_root}", "kind=ngram", f"run_dir={tmp_path}", f"export_dir={tmp_path / 'e'}"],
+        [f"data.data_dir={data_root}", "kind=ngram", f"run_dir={tmp_path}", f"export_dir={tmp_path / 'e'}",
+         "data.casual_negatives=false", "data.everyday_negatives=0"],  # tested on their own below
     )  # fmt: skip
     figs = S.train_safety(cfg)
     per = figs["test"]["per_category"]
@@ -112,7 +113,7 @@ def test_ngram_baseline_learns_the_keywords(data_root, tmp_path):
     assert figs["user_oriented"]["n"] == 6 and figs["user_oriented"]["refusal_rate"] == 0.0
     clf = S.SafetyClassifier.load(tmp_path / "e")
     assert clf.kind == "ngram"
-    v = clf.check([f"how to {VIOLENT[0]} a man", "a quiet garden morning"])
+    v = clf.check([f"how to {VIOLENT[0]} a man", "Tell me about the river music"])
     assert v[0].unsafe and "violence" in v[0].flagged and not v[1].unsafe
     assert json.loads((tmp_path / "ngram" / "eval.json").read_text())["kind"] == "ngram"
 
@@ -203,3 +204,31 @@ def test_thresholds_and_block_list_override():
     assert clf.check(["what crap"])[0].flagged == ["offensive"]
     clf.thresholds["violence"] = 1.01
     assert not clf.check([f"{VIOLENT[0]}"])[0].unsafe
+
+
+def test_casual_variants_keep_the_content():
+    import random
+
+    rng = random.Random(0)
+    v = S.casual_variant("How to restore a wallet with 24 words?", rng)
+    assert v is not None and "restore a wallet with 24 words" in v and not v.lower().startswith("how to")
+    v = S.casual_variant("Write a poem about the sea. Use rhymes.", rng)
+    assert v is not None and "write a poem about the sea" in v and "rhymes" not in v
+    assert S.casual_variant("ok", rng) is None  # too short to be a request
+    q = S.casual_variant("What is a stake pool?", random.Random(1))
+    assert q is not None and q.lower().rstrip("?") == "what is a stake pool"
+    train = [S._example("How to bake bread", "sft", {c: 0 for c in S.CATEGORIES}),
+             S._example("kill them", "moderation", {"violence": 1})]  # fmt: skip
+    neg = S.casual_negatives(train)
+    assert {e.source for e in neg} == {"small_talk", "casual"} and len(neg) == 5 * len(S.SMALL_TALK) + 1
+    assert all(not e.positives() and all(e.known) for e in neg)
+    assert not any("kill" in e.text for e in neg)  # only benign sources are re-phrased
+
+
+def test_everyday_requests_wrap_captions():
+    caps = ["A man is baking bread.", "Two dogs play in the snow.", "A girl rides a bike."]
+    reqs = S.everyday_requests(caps, 2, seed=0)
+    assert len(reqs) == 2 and all(e.source == "everyday" and not e.positives() and all(e.known) for e in reqs)
+    bodies = {c.rstrip(".").lower() for c in caps}
+    assert all(any(b in e.text.lower() for b in bodies) for e in reqs)
+    assert len(S.everyday_requests(caps, 10)) == 3

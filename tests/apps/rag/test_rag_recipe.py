@@ -32,10 +32,13 @@ def built(tmp_path_factory, cache_dir) -> dict[str, Path]:
     data = write_jsonl_corpus(root / "data")
     # one answer carries a prompt injection
     import gzip
+    import html
 
     with gzip.open(data / "answers.jsonl.gz", "rt") as f:
         answers = [json.loads(x) for x in f]
     answers[0]["body_text"] = INJECTION + "\n\n" + answers[0]["body_text"]
+    if answers[0].get("body_html"):  # ingest reads the HTML when a post has it
+        answers[0]["body_html"] = f"<p>{html.escape(INJECTION)}</p>" + answers[0]["body_html"]
     with gzip.open(data / "answers.jsonl.gz", "wt") as f:
         f.writelines(json.dumps(a) + "\n" for a in answers)
     common = [

@@ -151,11 +151,18 @@ class CaptionPredictor:
 
     @torch.inference_mode()
     def run(
-        self, pixels: Tensor, *, beam: int = 3, n_best: int = 3, fairness: bool | None = None
+        self,
+        pixels: Tensor,
+        *,
+        beam: int = 3,
+        n_best: int = 3,
+        fairness: bool | None = None,
+        keep_probs: bool = False,
     ) -> list[list[dict[str, Any]]]:
         """Normalised images (B, 3, S, S) -> per image, n-best dicts with caption, score and details:
         `raw` (the words as generated, only cased), `plain` (all post-processing but the fairness rule),
-        `changes` (fairness edits), `removed` (offensive words dropped)."""
+        `changes` (fairness edits), `removed` (offensive words dropped). `keep_probs` adds `words`,
+        `positions` and `probs` (T, V) so a caller can re-apply the fairness rule at other thresholds."""
         gcfg = self.generation_config(beam, n_best)
         fairness = self.post.fairness if fairness is None else fairness
         results: list[list[dict[str, Any]]] = []
@@ -189,16 +196,17 @@ class CaptionPredictor:
                     if res.text in seen:  # n-best entries that became identical after post-processing
                         continue
                     seen.add(res.text)
-                    items.append(
-                        {
-                            "caption": res.text,
-                            "score": round(h.score, 4),
-                            "raw": finish(" ".join(words)),
-                            "plain": plain,
-                            "changes": [dataclasses.asdict(c) for c in res.changes],
-                            "removed": res.removed_offensive,
-                        }
-                    )
+                    item = {
+                        "caption": res.text,
+                        "score": round(h.score, 4),
+                        "raw": finish(" ".join(words)),
+                        "plain": plain,
+                        "changes": [dataclasses.asdict(c) for c in res.changes],
+                        "removed": res.removed_offensive,
+                    }
+                    if keep_probs and probs is not None:
+                        item.update(words=words, positions=[p for _, p in words_pos], probs=probs[b][j])
+                    items.append(item)
                 results.append(items)
         return results
 

@@ -40,7 +40,7 @@ from gensys.apps.caption.data import (
     load_split_data,
     normalize_caption,
 )
-from gensys.apps.caption.postprocess import PERSON_NOUNS, token_words
+from gensys.apps.caption.postprocess import PERSON_NOUNS, postprocess, token_words
 from gensys.apps.caption.predictor import CaptionPredictor, load_predictor
 from gensys.checkpoint import load_checkpoint, save_checkpoint
 from gensys.checkpoint import load_config as read_ckpt_config
@@ -270,6 +270,33 @@ def _gender_support(results: list[list[dict[str, Any]]], refs: list[list[str]]) 
     }
 
 
+FAIRNESS_SWEEP = (0.0, 0.5, 0.6, 0.75, 0.9, 0.95, 1.01)
+
+
+def _threshold_sweep(
+    pred: CaptionPredictor, results: list[list[dict[str, Any]]], refs: list[list[str]]
+) -> list[dict[str, float]]:
+    """The fairness rule re-applied at other thresholds to the same beam outputs: how often it fires and
+    CIDEr-D (0.0 = never fires; above 1 = every attribute word is neutralised)."""
+    out = []
+    for t in FAIRNESS_SWEEP:
+        texts, fired = [], 0
+        for nb in results:
+            if not nb or "probs" not in nb[0]:
+                texts.append(nb[0]["caption"] if nb else "")
+                continue
+            d = nb[0]
+            res = postprocess(d["words"], d["positions"], d["probs"], lex=pred.lexicon, threshold=t,
+                              blocklist=pred.blocklist if pred.post.offensive_filter else None)  # fmt: skip
+            texts.append(res.text)
+            fired += bool(res.changes)
+        r = [[coco_tokenize(x) for x in rs] for rs in refs]
+        cider = cider_d([coco_tokenize(x) for x in texts], r).score
+        out.append({"threshold": t, "captions_changed_rate": round(fired / max(1, len(results)), 4),
+                    "cider_d": round(cider, 4)})  # fmt: skip
+    return out
+
+
 def evaluate_checkpoint(
     ckpt: str | Path,
     data_cfg: DataConfig,
@@ -289,8 +316,13 @@ def evaluate_checkpoint(
     size = pred.image_size + pred.pre.crop_margin
     data = load_split_data(data_cfg, split, size, root, max_images)
     t0 = time.perf_counter()
-    results = pred.run(pred.normalize(data.images), beam=beam, n_best=1, fairness=True)
+    results = pred.run(pred.normalize(data.images), beam=beam, n_best=1, fairness=True, keep_probs=True)
     seconds = time.perf_counter() - t0
+    sweep = _threshold_sweep(pred, results, data.captions)
+    for nb in results:  # the distributions were only needed for the sweep
+        for d in nb:
+            for k in ("words", "positions", "probs"):
+                d.pop(k, None)
     plain = [nb[0]["plain"] if nb else "" for nb in results]
     final = [nb[0]["caption"] if nb else "" for nb in results]
     m_raw = score_captions(plain, data.captions)
@@ -315,6 +347,7 @@ def evaluate_checkpoint(
             "edits_by_kind": dict(kinds),
             "cider_d_delta": round(m_final["cider_d"] - m_raw["cider_d"], 4),
             **_gender_support(results, data.captions),
+            "threshold_sweep": sweep,
         },
         "seconds": round(seconds, 1),
         "images_per_s": round(len(results) / max(seconds, 1e-9), 2),

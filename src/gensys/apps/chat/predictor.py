@@ -27,16 +27,15 @@ DEFAULT_CONFIG = "configs/chat/pipeline.yaml"
 def load_predictor(ckpt_dir: str | Path = DEFAULT_DIR, **opts: Any) -> ChatPipeline:
     """The chat pipeline over the checkpoints in `ckpt_dir`.
 
-    Options: `config` (a pipeline YAML; default configs/chat/pipeline.yaml when it exists), `overrides` (a
-    list of `key.sub=value`), and any other `key.sub` option as a value (e.g. `{"sessions.db_path":
-    "x.sqlite3"}`, what a serve config's `predictor_options.chat` mapping gives).
+    Options: `config` (a pipeline YAML such as configs/chat/pipeline.yaml; none = the built-in defaults,
+    which are that file's values), `overrides` (a list of `key.sub=value`), and any other `key.sub` option
+    as a value (e.g. `{"sessions.db_path": "x.sqlite3"}`, what a serve config's `predictor_options.chat`
+    mapping gives).
     """
     config = opts.pop("config", None)
     overrides = [str(o) for o in opts.pop("overrides", None) or []]
     for key, value in opts.items():
         overrides.append(f"{key}={json.dumps(value)}")  # JSON is YAML: a string stays a string
-    if config is None and Path(DEFAULT_CONFIG).is_file():
-        config = DEFAULT_CONFIG
     cfg = load_pipeline_config(config, overrides)
     return ChatPipeline.from_dir(ckpt_dir, cfg)
 
@@ -50,7 +49,7 @@ def predict_main(argv: list[str]) -> int:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--ckpt", default=DEFAULT_DIR, help="directory with policy/, reward/ and safety/")
-    p.add_argument("--config", default=None, help=f"pipeline YAML (default {DEFAULT_CONFIG} if present)")
+    p.add_argument("--config", default=None, help=f"pipeline YAML, e.g. {DEFAULT_CONFIG} (default: built-in)")
     p.add_argument("--user", default="cli", help="user id the session belongs to")
     p.add_argument("--session", default=None, help="continue this session id")
     p.add_argument("--new-session-per-line", action="store_true", help="each line starts a new conversation")

@@ -226,7 +226,12 @@ def train(cfg: Config) -> dict[str, Any]:
 
 
 def train_main(argv: list[str]) -> int:
-    """Train the chat model: stage=pretrain|sft|reward|ppo|dpo|compare, or all (the default) in order."""
+    """Train the chat model: stage=pretrain|sft|reward|ppo|dpo|compare, or all (the default) in order.
+    stage=safety trains the inference pipeline's safety classifier (`gensys.apps.chat.safety`)."""
+    if "stage=safety" in argv:
+        from gensys.apps.chat.safety import train_safety_main
+
+        return train_safety_main(argv)
     args = _parser("gensys chat train", train_main.__doc__ or "").parse_args(argv)
     cfg = load_chat_config(args.config, args.overrides)
     print(json.dumps(train(cfg), indent=2, default=str))
@@ -263,7 +268,17 @@ def evaluate(cfg: Config, what: list[str], ckpt: str = "") -> dict[str, Any]:
 
 
 def eval_main(argv: list[str]) -> int:
-    """Evaluate a chat run: perplexity, reward-model accuracy, win rates vs SFT (JSON on stdout)."""
+    """Evaluate a chat run: perplexity, reward-model accuracy, win rates vs SFT (JSON on stdout).
+    `--what safety` evaluates the safety classifier instead (`gensys.apps.chat.safety`)."""
+    if (
+        "--what" in argv
+        and argv.index("--what") + 1 < len(argv)
+        and argv[argv.index("--what") + 1] == "safety"
+    ):
+        from gensys.apps.chat.safety import eval_safety_main
+
+        i = argv.index("--what")
+        return eval_safety_main(argv[:i] + argv[i + 2 :])
     p = _parser("gensys chat eval", eval_main.__doc__ or "")
     p.add_argument("--what", default="perplexity,reward", help="comma list of perplexity, reward, compare")
     p.add_argument("--ckpt", default="", help="LM checkpoint for perplexity (default: the run's pretrain)")
@@ -287,14 +302,19 @@ def predict_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(
         prog="gensys chat predict", description=predict_main.__doc__, formatter_class=_Formatter
     )
-    p.add_argument("--ckpt", default=DEFAULT_POLICY, help="policy checkpoint (decoder_lm)")
+    p.add_argument(
+        "--ckpt", default=DEFAULT_POLICY, help="policy checkpoint (decoder_lm), or a dir with policy/"
+    )
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--system", default="", help="system message")
     args = p.parse_args(argv)
-    model, tok = load_lm(args.ckpt)
+    ckpt = Path(args.ckpt)
+    if not (ckpt / "config.json").is_file() and (ckpt / "policy" / "config.json").is_file():
+        ckpt = ckpt / "policy"  # a serving directory such as models/chat
+    model, tok = load_lm(ckpt)
     stops = end_ids(tok)
     max_prompt = max(8, model.cfg.max_seq_len - args.max_new_tokens)
     for i, line in enumerate(sys.stdin):

@@ -13,11 +13,15 @@ runs it on the user's prompt (input filter) and on each reply candidate (respons
                                                                red-team dialogues (weak positives: a few are
                                                                benign); other categories unknown
     (all 0)                                                    extra negatives: the SFT instructions (benign
-                                                               requests in a chat register) and Stack Exchange
-                                                               question titles (rag data)
+                                                               requests in a chat register), Stack Exchange
+                                                               question titles (rag data), and (training split
+                                                               only) casual re-phrasings of those plus a
+                                                               small-talk list (`casual_negatives`)
 
 `harmful_request` exists because the moderation samples and tweets are statements, never requests: without
-it a classifier learns "a question is safe" and lets "How do I hurt my neighbour?" through. `offensive`
+it a classifier learns "a question is safe" and lets "How do I hurt my neighbour?" through. Its positives are
+casual and conversational while the benign sources are formal, so the casual negatives are needed too, or
+"Hello, how are you?" becomes a harmful request. `offensive`
 (profanity, insults without a protected target) is scored and reported but does not block by default:
 swearing alone is no reason to refuse a conversation.
 
@@ -59,7 +63,7 @@ from gensys.checkpoint import load_checkpoint, save_checkpoint
 from gensys.config import ConfigError, config_help, dump_yaml, load_config
 from gensys.data.atomic import atomic_write_text
 from gensys.data.batching import pad_batch
-from gensys.data.readers import data_dir, read_csv, read_jsonl
+from gensys.data.readers import data_dir, read_csv, read_jsonl, read_lines
 from gensys.data.tokenizer import Tokenizer, train_bpe
 from gensys.errors import CheckpointError, DataError
 from gensys.metrics.classification import precision_recall_f1
@@ -98,6 +102,7 @@ XSTEST_FILE = "chat/safety/xstest_prompts.csv"
 SFT_FILE = "chat/sft/sft_train.jsonl"
 HH_FILE = "chat/preference/hh_harmless_pairs_train.jsonl.gz"
 USER_ORIENTED_FILE = "chat/sft/eval_user_oriented_252.jsonl"
+CAPTIONS_FILE = "translate/train.en.gz"
 QUESTIONS_FILE = "rag/questions.jsonl.gz"
 DEFAULT_CKPT = "models/chat/safety"
 
@@ -117,6 +122,8 @@ class SafetyDataConfig:
     sft_negatives: bool = True  # SFT instructions (benign chat requests) as all-zero examples
     question_negatives: bool = True  # Stack Exchange question titles (rag data: benign technical questions)
     hh_requests: bool = True  # HH red-team opening requests as (weak) positives of harmful_request
+    casual_negatives: bool = True  # benign training requests re-phrased casually + small talk (see below)
+    everyday_negatives: int = 1500  # casual requests about Multi30k image captions (everyday topics); 0 = off
     test_fraction: float = 0.2  # held-out test split (never seen in training or model selection)
     val_fraction: float = 0.1  # model selection / early stopping
     max_examples: int = 0  # 0 = all; >0 keeps a seeded sample (smoke tests)
@@ -315,15 +322,19 @@ def _cap(items: list[SafetyExample], n: int, rng: random.Random) -> list[SafetyE
     return items if n <= 0 or len(items) <= n else rng.sample(items, n)
 
 
+def _data_file(cfg: SafetyDataConfig, rel: str) -> Path:
+    root = data_dir(cfg.data_dir or None)
+    p = root / rel
+    if not p.is_file():
+        raise DataError(f"{rel} not found under {root} (set data.data_dir or $GENSYS_DATA)")
+    return p
+
+
 def load_examples(cfg: SafetyDataConfig, seed: int = 0) -> list[SafetyExample]:
     """Every training/evaluation example of the classifier (XSTest is kept apart: evaluation only)."""
-    root = data_dir(cfg.data_dir or None)
 
     def path(rel: str) -> Path:
-        p = root / rel
-        if not p.is_file():
-            raise DataError(f"{rel} not found under {root} (set data.data_dir or $GENSYS_DATA)")
-        return p
+        return _data_file(cfg, rel)
 
     rng = random.Random(seed)
     examples = read_moderation(path(MODERATION_FILE))
@@ -375,6 +386,84 @@ def stratified_split(
         val += items[n_test : n_test + n_val]
         train += items[n_test + n_val :]
     return train, val, test
+
+
+# Small talk written for this project: the red-team openers are casual and conversational, the benign
+# sources formal, so without these "hello, how are you?" looks like a harmful request.
+SMALL_TALK: tuple[str, ...] = (
+    "Hello, how are you?", "hi", "hey there", "Good morning!", "thanks!", "Thank you so much, that helped.",
+    "Tell me a joke.", "What's your name?", "What can you do?", "Who made you?", "Can you help me?",
+    "What did I ask you first?", "Can you say that again?", "I don't understand, can you explain?",
+    "That's wrong.", "ok", "What time is it in Tokyo?", "What should I cook for dinner tonight?",
+    "Recommend a good book.", "I'm bored, any ideas?", "I want to learn to play guitar.",
+    "How do I make a good cup of coffee?", "How can I sleep better?", "What's the weather like on Mars?",
+    "Do you like music?", "Can you recommend a movie for tonight?", "I had a long day at work.",
+    "What's a good name for a cat?", "How do I get better at chess?", "Help me plan a trip to Italy.",
+    "I need a gift idea for my mom.", "Why is the sky blue?", "What's the best way to learn Spanish?",
+    "Can you tell me about the Roman Empire?", "How do I fix a flat bike tire?", "bye",
+)  # fmt: skip
+
+_IMPERATIVE = {
+    "write", "create", "give", "list", "tell", "generate", "make", "explain", "describe", "find", "suggest",
+    "summarize", "summarise", "rewrite", "convert", "classify", "extract", "recommend", "name", "plan",
+    "translate", "compose", "design", "identify", "provide", "help", "show", "teach", "compare",
+}  # fmt: skip
+_CASUAL_VP = (
+    "How do I {vp}?", "how can i {vp}", "Can you help me {vp}?", "I want to {vp}.",
+    "What's the best way to {vp}?", "is it possible to {vp}", "Can you {vp} for me?",
+)  # fmt: skip
+_HOW_TO = re.compile(r"(?i)^how (?:to|do i|can i|should i|do you|can you|would i) (.+)$")
+
+
+def casual_variant(text: str, rng: random.Random) -> str | None:
+    """A casual re-phrasing of a benign request ("How to restore a wallet" -> "how can i restore a wallet"),
+    or None when the text has no simple request form. The content is kept, so the label (safe) is too."""
+    first = re.split(r"(?<=[.?!])\s|\n", text.strip(), maxsplit=1)[0].strip().rstrip("?.!").strip()
+    if not 8 <= len(first) <= 120:
+        return None
+    m = _HOW_TO.match(first)
+    if m:
+        vp = m.group(1)
+    elif first.split()[0].lower() in _IMPERATIVE:
+        vp = first[0].lower() + first[1:]
+    else:  # a question: lower-cased, often without its question mark, as people type in chat
+        return first.lower() if rng.random() < 0.5 else first + "?"
+    return rng.choice(_CASUAL_VP).format(vp=vp)
+
+
+_EVERYDAY = (
+    "Can you describe a picture of {c}?", "Write a short story about {c}.", "I just saw {c}. Nice, right?",
+    "What do you think about {c}?", "how would i draw {c}", "Tell me something about {c}.",
+    "My friend sent me a photo of {c}, what should I reply?", "is it normal to see {c}",
+)  # fmt: skip
+
+
+def everyday_requests(captions: Sequence[str], n: int, seed: int = 0) -> list[SafetyExample]:
+    """`n` casual requests about image captions ("a man is baking bread"): everyday topics in the chatty form
+    of the red-team openers, all safe, so that form alone does not read as harmful."""
+    rng = random.Random(seed)
+    picked = rng.sample(list(captions), min(n, len(captions)))
+    out = []
+    for cap in picked:
+        c = cap.strip().rstrip(".").strip()
+        if c:
+            c = c[0].lower() + c[1:]
+            out.append(_example(rng.choice(_EVERYDAY).format(c=c), "everyday", {k: 0 for k in CATEGORIES}))
+    return out
+
+
+def casual_negatives(train: Sequence[SafetyExample], seed: int = 0) -> list[SafetyExample]:
+    """All-safe training examples: casual variants of the benign requests in `train` (SFT instructions,
+    Stack Exchange titles) and the small-talk list. Built from the training split only."""
+    rng = random.Random(seed)
+    # repeated: a few dozen lines against ~1900 red-team openers would barely move the model
+    out = [_example(t, "small_talk", {c: 0 for c in CATEGORIES}) for t in SMALL_TALK] * 5
+    for e in train:
+        if e.source in ("sft", "questions"):
+            v = casual_variant(e.text, rng)
+            if v:
+                out.append(_example(v, "casual", {c: 0 for c in CATEGORIES}))
+    return out
 
 
 def read_xstest(root: str | Path | None = None) -> list[dict[str, str]]:
@@ -921,6 +1010,11 @@ def train_safety(cfg: Config) -> dict[str, Any]:
     seed_everything(cfg.seed)
     examples = load_examples(cfg.data, cfg.seed)
     train, val, test = stratified_split(examples, cfg.data.test_fraction, cfg.data.val_fraction, cfg.seed)
+    if cfg.data.casual_negatives:
+        train = train + casual_negatives(train, cfg.seed)
+    if cfg.data.everyday_negatives > 0:
+        captions = read_lines(_data_file(cfg.data, CAPTIONS_FILE))
+        train = train + everyday_requests(captions, cfg.data.everyday_negatives, cfg.seed)
     xstest = read_xstest(cfg.data.data_dir or None)
     out_dir = Path(cfg.run_dir) / cfg.kind
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -81,8 +81,8 @@ class ExtractiveAnswerer:
     """Quotes the best passage of the best sources, each followed by its citation.
 
     Passages are scored by cosine similarity with the question (with `embed`, the index's encoder) or by
-    word overlap, plus a small prior for the source's retrieval rank; passages of question posts get a
-    penalty (they restate problems rather than solve them).
+    word overlap, plus a small prior for the source's retrieval rank. Question posts are quoted only when
+    nothing else was retrieved (they restate problems rather than solve them).
     """
 
     mode = "extractive"
@@ -91,14 +91,19 @@ class ExtractiveAnswerer:
         self, embed: Callable[[list[str]], Tensor] | None = None, passages: int = 3, passage_chars: int = 400
     ) -> None:
         self.embed = embed
-        self.question_penalty = 0.1
         self.per_source = 4
         self.n_passages = passages
         self.passage_chars = passage_chars
 
     def answer(self, question: str, sources: list[dict[str, Any]]) -> dict[str, Any]:
         cands: list[tuple[int, str]] = []  # (source number, passage)
+        # A retrieved question restates a problem; when any answer or document was retrieved, quote those.
+        quotable = [s.get("kind") != "question" for s in sources]
+        if not any(quotable):
+            quotable = [True] * len(sources)
         for n, src in enumerate(sources, start=1):
+            if not quotable[n - 1]:
+                continue
             passages = [
                 p for p in _passages(neutralize(src["text"]), self.passage_chars) if len(p.strip()) >= 20
             ]
@@ -118,8 +123,6 @@ class ExtractiveAnswerer:
         best: dict[int, tuple[float, str]] = {}
         for (n, p), s in zip(cands, sims):
             s += 0.05 / n  # retrieval rank as a tie-breaker
-            if sources[n - 1].get("kind") == "question":
-                s -= self.question_penalty  # a similar question restates the problem; answers solve it
             if n not in best or s > best[n][0]:
                 best[n] = (s, p)
         chosen = sorted(best.items(), key=lambda x: -x[1][0])[: self.n_passages]

@@ -64,7 +64,7 @@ class IndexConfig:
 
     dir: str = "runs/rag/index"
     backend: Literal["exact", "faiss"] = "exact"  # exact = torch matmul; faiss = HNSW (pip install faiss-cpu)
-    faiss_m: int = 32  # HNSW neighbours per node
+    faiss_m: int = 16  # HNSW neighbours per node
     faiss_ef_search: int = 128  # HNSW search breadth (higher = better recall, slower)
     bm25_k1: float = 1.2
     bm25_b: float = 0.75

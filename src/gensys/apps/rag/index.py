@@ -150,6 +150,9 @@ class RagIndex:
         self.vectors = torch.empty(0, int(embedding["dim"]))  # (N, D) float32 in memory
         self._dirty = True
         self._bm25_stale = True  # BM25 must be re-indexed from the texts
+        self._tokens: dict[
+            str, list[str]
+        ] = {}  # BM25 tokens by text hash: an update tokenizes new texts only
         self._bm25: Any = None
         self._dense: ExactBackend | FaissBackend | None = None
         self._faiss_path: Path | None = None
@@ -186,7 +189,8 @@ class RagIndex:
     ) -> dict[str, int]:
         """Add new posts and replace changed ones: every post of `chunks` loses its old chunks first.
 
-        Only texts not in the index (by hash) and not in `cache` are embedded. Returns counts.
+        Only texts not in the index (by hash) and not in `cache` are embedded. Returns counts: added,
+        removed (old chunks of these posts), reused (from the index), from_cache, embedded.
         """
         self.check_embedder(embedder)
         check_unique(chunks)
@@ -200,13 +204,20 @@ class RagIndex:
             else:
                 missing.append(i)
         reused = len(chunks) - len(missing)
+        cached = sum(cache.get(hashes[i]) is not None for i in missing) if cache is not None else 0
         if missing:
             vectors[missing] = embed_with_cache(
                 embedder, [chunks[i].embed_text() for i in missing], [hashes[i] for i in missing], cache,
                 progress=progress,
             )  # fmt: skip
         removed = self.add_embedded(chunks, vectors, hashes)
-        return {"added": len(chunks), "removed": removed, "embedded": len(missing), "reused": reused}
+        return {
+            "added": len(chunks),
+            "removed": removed,
+            "reused": reused,  # vectors already in the index (same text)
+            "from_cache": cached,  # vectors from the embedding cache
+            "embedded": len(missing) - cached,  # texts run through the encoder
+        }
 
     def add_embedded(self, chunks: list[Chunk], vectors: Tensor, hashes: list[str] | None = None) -> int:
         """Upsert chunks whose vectors (N, D) are already computed (by this index's model); returns the
@@ -253,7 +264,6 @@ class RagIndex:
             return
         import bm25s
 
-        n = len(self.chunks)
         self._pos = {c.id: i for i, c in enumerate(self.chunks)}
         by: dict[str, dict[str, list[int]]] = {"group": {}, "site": {}, "tag": {}, "thread": {}}
         for i, c in enumerate(self.chunks):
@@ -272,8 +282,7 @@ class RagIndex:
         self.votes = torch.tensor([float(c.score) for c in self.chunks])
         if self._bm25 is None or self._bm25_stale:
             self._bm25 = bm25s.BM25(k1=self.cfg.bm25_k1, b=self.cfg.bm25_b)
-            tokens = self._tokenize([c.embed_text() for c in self.chunks]) if n else []
-            self._bm25.index(tokens or [[""]], show_progress=False)
+            self._bm25.index(self._corpus_ids(), show_progress=False)
         if self.cfg.backend == "faiss":
             self._dense = FaissBackend(
                 self.vectors, self.cfg.faiss_m, self.cfg.faiss_ef_search, self._faiss_path
@@ -283,6 +292,20 @@ class RagIndex:
         self._faiss_path = None
         self._bm25_stale = False
         self._dirty = False
+
+    def _corpus_ids(self) -> tuple[list[list[int]], dict[str, int]]:
+        """(token ids per chunk, vocabulary) for bm25s; texts seen before are not tokenized again."""
+        new = [(h, c.embed_text()) for h, c in zip(self.hashes, self.chunks) if h not in self._tokens]
+        if new:
+            for (h, _), toks in zip(new, self._tokenize([t for _, t in new])):
+                self._tokens[h] = toks
+        live = set(self.hashes)
+        for h in [h for h in self._tokens if h not in live]:
+            del self._tokens[h]
+        vocab: dict[str, int] = {}
+        ids = [[vocab.setdefault(t, len(vocab)) for t in self._tokens[h]] for h in self.hashes]
+        vocab.setdefault("", len(vocab))  # bm25s scores token-less documents through an empty token
+        return (ids or [[vocab[""]]]), vocab
 
     def _tokenize(self, texts: list[str]) -> list[list[str]]:
         import bm25s

@@ -190,7 +190,9 @@ def chunks_from_threads(
     out: list[Chunk] = []
 
     def add(kind: str, site: str, pid: int, q: dict[str, Any], rec: dict[str, Any], url: str) -> None:
-        text = rec.get("body_text") or html_to_text(rec.get("body_html") or "")
+        # From the HTML when there is some: html_to_text keeps <pre> blocks as ``` fences (the chunker's code
+        # boundaries) and inline code in backticks; data/rag's body_text has the tags stripped.
+        text = html_to_text(rec["body_html"]) if rec.get("body_html") else rec.get("body_text") or ""
         notes = by_post.get((site, pid))
         if notes:
             text += "\n\nComments:\n" + "\n".join(f"- {n}" for n in notes)
