@@ -63,3 +63,43 @@ def test_errors_arrive_as_openai_exceptions(oai):
         oai.chat.completions.create(
             model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=100000
         )
+
+
+def _stream_turn(
+    oai: openai.OpenAI, messages: list[dict], user: str, session_id: str | None
+) -> tuple[str, str]:
+    extra = {"session_id": session_id} if session_id else {}
+    stream = oai.chat.completions.create(
+        model="chat",
+        messages=messages,
+        temperature=0,
+        max_tokens=12,
+        stream=True,
+        user=user,
+        extra_body=extra,
+    )
+    text, sid = "", None
+    for chunk in stream:
+        sid = (chunk.model_extra or {}).get("session_id") or sid
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+    assert sid, "the stream names its session"
+    return text, sid
+
+
+def test_multi_turn_streaming_conversation_is_private_to_its_user(oai, live_server):
+    import httpx
+
+    messages = [{"role": "user", "content": "hello"}]
+    reply, sid = _stream_turn(oai, messages, "ana", None)
+    messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "and then?"}]
+    reply2, sid2 = _stream_turn(oai, messages, "ana", sid)
+    assert sid2 == sid
+    # the server kept the whole conversation under ana's session ...
+    detail = httpx.get(f"{live_server.url}/v1/chat/sessions/{sid}", params={"user": "ana"}, timeout=30).json()
+    assert [m["content"] for m in detail["messages"]] == ["hello", reply, "and then?", reply2]
+    # ... which bob can neither read nor continue
+    assert httpx.get(f"{live_server.url}/v1/chat/sessions/{sid}", params={"user": "bob"}).status_code == 404
+    with pytest.raises(openai.APIStatusError) as e:
+        _stream_turn(oai, messages, "bob", sid)
+    assert e.value.status_code in (403, 404)

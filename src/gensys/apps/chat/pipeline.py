@@ -73,7 +73,11 @@ class SafetyFilterConfig:
 
     enabled: bool = True  # false serves without any safety layer (say so loudly: for experiments only)
     checkpoint: str = "safety"  # relative to the pipeline's checkpoint dir, or a path
-    thresholds: dict[str, float] = field(default_factory=dict)  # override the checkpoint's, per category
+    # Per-category overrides of the thresholds stored in the checkpoint (tuned there for F1 on held-out data).
+    # harmful_request's F1-tuned 0.45 refuses casual openers ("Hello, how are you?" scores 0.67: the red-team
+    # openers it was trained on start that way); 0.8 is the serving operating point, its XSTest trade-off is
+    # in docs/chat_pipeline.md.
+    thresholds: dict[str, float] = field(default_factory=lambda: {"harmful_request": 0.8})
     block: list[str] = field(default_factory=list)  # blocking categories; [] = the checkpoint's list
     check_output: bool = True
 

@@ -1172,10 +1172,23 @@ def eval_safety_main(argv: list[str]) -> int:
                                 formatter_class=_Formatter)  # fmt: skip
     p.add_argument("--ckpt", default=DEFAULT_CKPT, help="safety classifier checkpoint")
     p.add_argument("--config", default="configs/chat/safety.yaml", help="the config it was trained with")
+    p.add_argument(
+        "--threshold", action="append", default=[], metavar="CATEGORY=VALUE",
+        help="override a stored threshold (repeatable), e.g. harmful_request=0.8, the pipeline's setting",
+    )  # fmt: skip
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of that config")
     args = p.parse_args(argv)
     cfg = _load_for_cli(args.config, args.overrides)
-    print(json.dumps(eval_safety(args.ckpt, cfg.data, cfg.seed), indent=2))
+    thresholds = {}
+    for item in args.threshold:
+        cat, sep, value = item.partition("=")
+        try:
+            thresholds[cat.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            p.error(f"--threshold wants CATEGORY=VALUE with a number, got {item!r}")
+    print(json.dumps(eval_safety(args.ckpt, cfg.data, cfg.seed, thresholds or None), indent=2))
     return 0
 
 
