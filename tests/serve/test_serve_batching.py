@@ -132,11 +132,20 @@ def test_alone_items_never_wait_or_share():
     assert elapsed < 1.0  # no batching window was waited for
 
 
-def test_server_batches_concurrent_requests_and_results_match(tiny_models, registry, tmp_path):
+def test_server_batches_concurrent_requests_and_results_match(tiny_models, registry, tmp_path, monkeypatch):
     """Concurrent HTTP requests are served in shared predictor calls with the same answers as alone."""
     from gensys.serve.app import create_app
 
     app = create_app(make_config(tiny_models, tmp_path), registry)
+    chat_batches: list[int] = []  # sizes of the chat pipeline's calls for /v1/chat/completions
+    chat_fn = registry["chat"].batcher.fn
+
+    def recording(items: list) -> list:
+        if items[0]["kind"] == "chat":
+            chat_batches.append(len(items))
+        return chat_fn(items)
+
+    monkeypatch.setattr(registry["chat"].batcher, "fn", recording)
     texts = ["See you at", "Thanks for the update. Please let me ", "See you at the", "Thanks for the"]
     greedy = {"model": "chat", "max_tokens": 8, "temperature": 0}
 
@@ -166,8 +175,11 @@ def test_server_batches_concurrent_requests_and_results_match(tiny_models, regis
         registry[name].batcher.max_seen_batch = 0
     alone = run(call_all(concurrent=False))
     assert registry["compose"].batcher.max_seen_batch == 1
+    assert chat_batches == [1, 1, 1, 1]
+    chat_batches.clear()
     together = run(call_all(concurrent=True))
     assert together == alone
     assert registry["compose"].batcher.max_seen_batch > 1
-    # the chat pipeline answers one conversation per call; raw-text completions of its LM are batched
+    # conversations share pipeline calls (`ChatPipeline.complete_batch`), raw-text completions LM calls
+    assert max(chat_batches) > 1 and sum(chat_batches) == 4
     assert registry["chat"].batcher.max_seen_batch > 1

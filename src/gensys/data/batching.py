@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gensys.nn.attention import build_segment_mask
+
 IGNORE_INDEX = -100
 
 
@@ -144,10 +146,6 @@ def block_causal_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     """(N, T) segment ids -> (N, T, T) bool attention mask (True = may attend): causal and within a segment.
 
     Padding positions (-1) attend only to themselves so no softmax row is empty (which would give NaN).
+    The model builds the same mask from `segment_ids = doc_ids + 1` (`DecoderLM(..., segment_ids=...)`).
     """
-    T = doc_ids.shape[-1]
-    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()  # (T, T)
-    same = doc_ids[:, :, None] == doc_ids[:, None, :]  # (N, T, T)
-    real = (doc_ids >= 0)[:, :, None]  # (N, T, 1)
-    eye = torch.eye(T, dtype=torch.bool, device=doc_ids.device)
-    return (same & causal & real) | (eye & ~real)
+    return build_segment_mask(doc_ids + 1)[:, 0]  # (N, T, T)

@@ -10,6 +10,7 @@ length_penalty with sampling, ...) is an error, never silently ignored.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from gensys.generate.search import (
     sample_search,
 )
 from gensys.generate.stepper import Stepper, make_stepper
+from gensys.nn.layers import decoding
 
 
 class Detokenizer(Protocol):
@@ -294,7 +296,8 @@ def generate_steps(
     if model is not None:
         model.eval()  # dropout off while decoding; restored below
     try:
-        result = yield from _no_grad(search)
+        with decoding(model) if model is not None else contextlib.nullcontext():
+            result = yield from _no_grad(search)
     finally:
         if was_training:
             model.train()

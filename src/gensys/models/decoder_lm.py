@@ -19,10 +19,10 @@ import torch
 from torch import Tensor, nn
 
 from gensys.models._util import config_from_dict
-from gensys.nn.attention import build_self_mask
+from gensys.nn.attention import build_segment_mask, build_self_mask, segment_positions
 from gensys.nn.block import TransformerBlock
 from gensys.nn.cache import KVCache
-from gensys.nn.layers import ACTIVATIONS, init_weights, make_norm
+from gensys.nn.layers import ACTIVATIONS, init_weights, make_norm, packed_linear
 from gensys.nn.positions import LearnedPositions, RotaryEmbedding, positions_from_mask, sinusoidal
 
 
@@ -139,10 +139,21 @@ class DecoderLM(nn.Module):
         attention_mask: Tensor | None = None,
         positions: Tensor | None = None,
         cache: KVCache | None = None,
+        segment_ids: Tensor | None = None,
     ) -> Tensor:
         """Final normed hidden states (B, T, D) for input_ids (B, T); arguments as in `forward`."""
         b, t = input_ids.shape
         past = cache.length if cache is not None else 0
+        if segment_ids is not None:
+            if cache is not None or attention_mask is not None:
+                raise ValueError(
+                    "segment_ids (packed rows) work on the full-sequence path only: pass neither a cache nor "
+                    "an attention_mask (segment 0 already marks padding)"
+                )
+            if segment_ids.shape != input_ids.shape:
+                raise ValueError(f"segment_ids {tuple(segment_ids.shape)} != input_ids {(b, t)}")
+            if positions is None:
+                positions = segment_positions(segment_ids)  # (B, T), 0 at each example's first token
         if positions is None:
             if attention_mask is not None:
                 positions = positions_from_mask(attention_mask, t)  # (B, T)
@@ -155,7 +166,10 @@ class DecoderLM(nn.Module):
             x = x + sinusoidal(positions, self.cfg.d_model).to(x.dtype)
         rope = self.rope(positions) if self.rope is not None else None
         x = self.drop(x)
-        mask, is_causal = build_self_mask(attention_mask, t, past + t, causal=True)
+        if segment_ids is not None:
+            mask, is_causal = build_segment_mask(segment_ids), False  # (B, 1, T, T)
+        else:
+            mask, is_causal = build_self_mask(attention_mask, t, past + t, causal=True)
         for i, block in enumerate(self.blocks):
             x = block(x, mask=mask, is_causal=is_causal, rope=rope, cache=cache, layer=i)
         return self.norm(x)
@@ -168,17 +182,28 @@ class DecoderLM(nn.Module):
         positions: Tensor | None = None,
         cache: KVCache | None = None,
         last_only: bool = False,
+        segment_ids: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, T, V) for input_ids (B, T).
 
         attention_mask: (B, T_past + T), 1 = real token (left padding); positions: (B, T), default
         `cumsum(mask) - 1` or continuing from `cache.length`; cache: appended to in place.
         `last_only=True` returns logits for the last position only, (B, 1, V) (a decoding step or prefill).
+        segment_ids: (B, T) int for packed rows, 0 = padding, 1..k = example index (contiguous runs): each
+        token attends only to earlier tokens of its own example and positions restart at 0 per example, so
+        every example gets the logits it would get alone. Training/full-forward only (no cache, no mask).
         """
-        h = self.hidden(input_ids, attention_mask=attention_mask, positions=positions, cache=cache)
+        h = self.hidden(
+            input_ids,
+            attention_mask=attention_mask,
+            positions=positions,
+            cache=cache,
+            segment_ids=segment_ids,
+        )
         if last_only:
             h = h[:, -1:]
-        return self.lm_head(h)
+        logits = packed_linear(h, self, "lm_head", (self.lm_head,))  # decoding step: see packed_linear
+        return self.lm_head(h) if logits is None else logits
 
 
 def build_decoder_lm(cfg: DecoderLMConfig) -> DecoderLM:

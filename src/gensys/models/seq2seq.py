@@ -26,7 +26,7 @@ from gensys.models._util import config_from_dict
 from gensys.nn.attention import build_cross_mask, build_self_mask
 from gensys.nn.block import Stack
 from gensys.nn.cache import KVCache
-from gensys.nn.layers import ACTIVATIONS, init_weights, make_norm
+from gensys.nn.layers import ACTIVATIONS, init_weights, make_norm, packed_linear
 from gensys.nn.positions import LearnedPositions, RelativePositionBias, positions_from_mask, sinusoidal
 
 
@@ -201,7 +201,8 @@ class Seq2Seq(nn.Module):
             h = h[:, -1:]
         if self.cfg.tied_output_scale:
             h = h * self.cfg.d_model**-0.5
-        return self.lm_head(h)
+        logits = packed_linear(h, self, "lm_head", (self.lm_head,))  # decoding step: see packed_linear
+        return self.lm_head(h) if logits is None else logits
 
     def forward(
         self, src_ids: Tensor, src_mask: Tensor | None, tgt_ids: Tensor, tgt_mask: Tensor | None = None

@@ -7,7 +7,8 @@ as the readable reference the fast path is tested against.
 
 Masks are boolean with True = "may attend", shaped (B or 1, 1, Tq, Tk). `build_self_mask` / `build_cross_mask`
 turn a (B, T) padding mask (1 = real token) into one and return None when no mask is needed, so the common
-unpadded training step takes SDPA's `is_causal` fast path.
+unpadded training step takes SDPA's `is_causal` fast path. Packed rows (several examples per row) use
+`build_segment_mask` instead: causal and block-diagonal by (B, T) segment ids.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gensys.nn.cache import KVCache
+from gensys.nn.layers import packed_linear
 from gensys.nn.positions import apply_rotary
 
 
@@ -59,6 +61,35 @@ def build_cross_mask(memory_mask: Tensor | None) -> Tensor | None:
     return memory_mask.bool()[:, None, None, :]
 
 
+def build_segment_mask(segment_ids: Tensor) -> Tensor:
+    """(B, 1, T, T) boolean self-attention mask of packed rows: causal and block-diagonal by segment.
+
+    segment_ids: (B, T) int, 0 = padding, 1..k = the example a token belongs to (each a contiguous run). A
+    token sees only earlier tokens of its own example; a padding token sees only itself, so no softmax row is
+    empty (an all-masked row gives NaN) and no real token ever sees padding.
+    """
+    t = segment_ids.shape[-1]
+    idx = torch.arange(t, device=segment_ids.device)
+    causal = idx[None, :] <= idx[:, None]  # (T, T)
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, T, T)
+    real_or_self = (segment_ids > 0)[:, :, None] | (idx[None, :] == idx[:, None])  # (B, T, T)
+    return (same & causal & real_or_self)[:, None]  # (B, 1, T, T)
+
+
+def segment_positions(segment_ids: Tensor) -> Tensor:
+    """Positions (B, T) restarting at 0 where each segment of `segment_ids` (B, T) starts; 0 on padding.
+
+    Lives beside `build_segment_mask` because the two together make each packed example see exactly what it
+    would see alone (RoPE / learned positions included).
+    """
+    b, t = segment_ids.shape
+    idx = torch.arange(t, device=segment_ids.device).expand(b, t)  # (B, T)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    first = torch.where(starts, idx, 0).cummax(-1).values  # (B, T) index of each token's segment start
+    return (idx - first) * (segment_ids > 0)
+
+
 def attend_math(
     q: Tensor,
     k: Tensor,
@@ -88,6 +119,25 @@ def attend_math(
     if dropout > 0:
         probs = F.dropout(probs, p=dropout)
     return torch.matmul(probs, v)  # (B, H, Tq, D)
+
+
+def attend_one_query(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = None) -> Tensor:
+    """Unmasked attention of one query per row: q (B, H, 1, D), k, v (B, H_kv, Tk, D) -> (B, H, 1, D).
+
+    The H / H_kv query heads that share a K/V head become the rows of one matmul, so grouped-query K/V are
+    never repeated. For a decoding step of several rows with GQA this is about 2x faster than CPU SDPA
+    (measured, torch 2.13); with one row or plain MHA SDPA is faster and stays the path.
+    """
+    b, h, _, d = q.shape
+    h_kv = k.shape[1]
+    scale = d**-0.5 if scale is None else scale
+    q = q.reshape(b, h_kv, h // h_kv, d)  # (B, H_kv, H / H_kv, D): query heads grouped by K/V head
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)  # (B, H_kv, H / H_kv, Tk)
+    if scores.dtype == torch.float32:
+        probs = scores.softmax(dim=-1)
+    else:
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # half-precision scores: fp32 softmax
+    return torch.matmul(probs, v).view(b, h, 1, d)
 
 
 class Attention(nn.Module):
@@ -123,6 +173,9 @@ class Attention(nn.Module):
         self.dropout = dropout
         self.scale = scale  # None = 1/sqrt(head_dim); T5 uses 1.0 (folded into its init)
 
+    def _qkv(self) -> tuple[nn.Module, nn.Module, nn.Module]:
+        return self.q_proj, self.k_proj, self.v_proj
+
     def _heads(self, x: Tensor) -> Tensor:
         b, t, _ = x.shape
         return x.view(b, t, -1, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -146,8 +199,20 @@ class Attention(nn.Module):
         to layer `layer`; cross-attention computes K/V from `memory` once and reuses them afterwards.
         """
         b, t, _ = x.shape
-        q = self._heads(self.q_proj(x))  # (B, H, T, D)
-        if memory is None:
+        qkv = None if memory is not None else packed_linear(x, self, "qkv", self._qkv())
+        if qkv is not None:
+            # Decoding step: q|k|v from one matmul, and one rotary call for q and k together.
+            n_q, n_k = self.q_proj.out_features, self.k_proj.out_features
+            qk = self._heads(qkv[..., : n_q + n_k])  # (B, H + H_kv, T, D)
+            if rope is not None:
+                qk = apply_rotary(qk, *rope)
+            n_heads = n_q // self.head_dim
+            q, k = qk[:, :n_heads], qk[:, n_heads:]  # (B, H, T, D), (B, H_kv, T, D)
+            v = self._heads(qkv[..., n_q + n_k :])
+            if cache is not None:
+                k, v = cache.update(layer, k, v)  # (B, H_kv, T_past + T, D)
+        elif memory is None:
+            q = self._heads(self.q_proj(x))  # (B, H, T, D)
             k = self._heads(self.k_proj(x))  # (B, H_kv, T, D)
             v = self._heads(self.v_proj(x))
             if rope is not None:
@@ -155,6 +220,8 @@ class Attention(nn.Module):
             if cache is not None:
                 k, v = cache.update(layer, k, v)  # (B, H_kv, T_past + T, D)
         else:
+            q = packed_linear(x, self, "q", (self.q_proj,))
+            q = self._heads(self.q_proj(x) if q is None else q)  # (B, H, T, D)
             cached = cache.get_cross(layer) if cache is not None else None
             if cached is None:
                 k = self._heads(self.k_proj(memory))  # (B, H_kv, S, D)
@@ -164,7 +231,9 @@ class Attention(nn.Module):
             else:
                 k, v = cached
         dropout = self.dropout if self.training else 0.0
-        if bias is None:
+        if bias is None and mask is None and t == 1 and b > 1 and k.shape[1] != q.shape[1] and not dropout:
+            out = attend_one_query(q, k, v, scale=self.scale)
+        elif bias is None:
             out = F.scaled_dot_product_attention(
                 q,
                 k,
@@ -179,7 +248,17 @@ class Attention(nn.Module):
             out = attend_math(
                 q, k, v, mask=mask, bias=bias, is_causal=is_causal, scale=self.scale, dropout=dropout
             )
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
+        out = out.transpose(1, 2).reshape(b, t, -1)  # (B, T, H * D)
+        proj = packed_linear(out, self, "o", (self.o_proj,))
+        return self.o_proj(out) if proj is None else proj
 
 
-__all__ = ["Attention", "attend_math", "build_cross_mask", "build_self_mask"]
+__all__ = [
+    "Attention",
+    "attend_math",
+    "attend_one_query",
+    "build_cross_mask",
+    "build_segment_mask",
+    "build_self_mask",
+    "segment_positions",
+]

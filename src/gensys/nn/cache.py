@@ -11,6 +11,7 @@ Decoding strategies only ever call `reorder` (beam search picks which hypothesis
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 
@@ -28,6 +29,9 @@ class KVCache:
         self._v: list[Tensor | None] = [None] * n_layers
         self._len: list[int] = [0] * n_layers
         self.cross: list[tuple[Tensor, Tensor] | None] = [None] * n_layers
+        # Buffers the previous `reorder` moved out of: the next reorder gathers into them.
+        self._spare_k: list[Tensor | None] = [None] * n_layers
+        self._spare_v: list[Tensor | None] = [None] * n_layers
 
     @property
     def length(self) -> int:
@@ -64,27 +68,36 @@ class KVCache:
         self._k = [None if t is None else fn(t) for t in self._k]
         self._v = [None if t is None else fn(t) for t in self._v]
         self.cross = [None if c is None else (fn(c[0]), fn(c[1])) for c in self.cross]
+        self._spare_k, self._spare_v = [None] * self.n_layers, [None] * self.n_layers
 
     def reorder(self, index: Tensor, cross: bool = True) -> None:
         """Keep rows `index` (LongTensor (B_new,)) of every tensor: beam search's parent selection.
 
-        Only the filled part of each self-attention buffer is copied (the rest is spare capacity). With
+        Each self-attention buffer is gathered whole, in one pass, into a second buffer kept from the previous
+        reorder (beam search reorders nearly every step: no allocation and no intermediate copy; the unused
+        capacity is copied too, at most as much again). Views returned by `update` before a reorder must not
+        be kept past the next one. With
         `cross=False` the cross-attention entries are left alone: beams of one source share the same encoder
         output, so a reorder within each source's group of beams does not change them.
         """
-        for i, (kb, vb, n) in enumerate(zip(self._k, self._v, self._len)):
+        for i, (kb, vb) in enumerate(zip(self._k, self._v)):
             if kb is None:
                 continue
-            k2 = kb.new_empty(index.shape[0], *kb.shape[1:])
-            v2 = vb.new_empty(index.shape[0], *vb.shape[1:])
-            k2[:, :, :n] = kb[:, :, :n].index_select(0, index)
-            v2[:, :, :n] = vb[:, :, :n].index_select(0, index)
-            self._k[i], self._v[i] = k2, v2
+            self._k[i], self._spare_k[i] = self._select_rows(kb, index, self._spare_k[i]), kb
+            self._v[i], self._spare_v[i] = self._select_rows(vb, index, self._spare_v[i]), vb
         if cross:
             self.cross = [
                 None if c is None else (c[0].index_select(0, index), c[1].index_select(0, index))
                 for c in self.cross
             ]
+
+    @staticmethod
+    def _select_rows(buf: Tensor, index: Tensor, spare: Tensor | None) -> Tensor:
+        """buf.index_select(0, index), written into `spare` when it has the right shape."""
+        shape = (index.shape[0], *buf.shape[1:])
+        if spare is None or spare.shape != shape or spare.dtype != buf.dtype or spare.device != buf.device:
+            spare = buf.new_empty(shape)
+        return torch.index_select(buf, 0, index, out=spare)
 
     def expand(self, n: int) -> None:
         """Repeat every row n times in place (row b becomes rows b*n .. b*n+n-1)."""

@@ -157,7 +157,8 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     which saves the negation and the full-width products of `x * cos + rotate_half(x) * sin`.
     """
     half = cos.shape[-1]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # tables are fp32; keep half-precision q/k in their dtype
+    if cos.dtype != x.dtype:  # tables are fp32; keep half-precision q/k in their dtype
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x[..., :half], x[..., half : 2 * half]
     parts = [x1 * cos - x2 * sin, x2 * cos + x1 * sin]
     if 2 * half < x.shape[-1]:

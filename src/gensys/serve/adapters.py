@@ -6,7 +6,8 @@ The contract (CONTRIBUTING.md, "Systems and how the server reaches them"):
   translate  translate(texts, *, beam) -> [{"translation", "score"}]
   caption    caption(images, *, beam, n_best) -> [[{"caption", "score"}]]
   rag        ask(question, *, user, groups, mode, k) -> {"answer", "citations", "retrieved"}
-  chat       complete(messages, *, user, session_id, params, stream) -> reply | iterator of deltas + reply
+  chat       complete(messages, *, user, session_id, params, stream) -> reply | iterator of deltas + reply;
+             complete_batch([{"messages", "user", "session_id", "params", "emit"}]) -> [reply | Exception]
 Where a predictor differs from it, the difference is bridged here and nowhere else.
 
 Batch functions take the request items the handlers queued and return one result per item. Items of one
@@ -20,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gensys.serve.batching import DynamicBatcher
 from gensys.serve.lm_chat import LMChat, gen_params_key
 
 BatchFn = Callable[[list[Any]], list[Any]]
@@ -83,11 +83,7 @@ def info(name: str, predictor: Any) -> dict[str, Any]:
 
 def batchable(name: str, predictor: Any) -> bool:
     """Whether one predictor call can serve several requests."""
-    if name == "rag":
-        return False  # ask() takes one question
-    if name == "chat":
-        return predictor.lm is not None or hasattr(predictor.pipeline, "complete_batch")
-    return True
+    return name != "rag"  # ask() takes one question
 
 
 def batch_fn(name: str, predictor: Any) -> tuple[BatchFn, Callable[[Any], Hashable]]:
@@ -108,14 +104,8 @@ def batch_fn(name: str, predictor: Any) -> tuple[BatchFn, Callable[[Any], Hashab
 
         return ask, lambda item: None
     if name == "chat":
-        pipeline_batches = predictor.kind == "lm" or hasattr(predictor.pipeline, "complete_batch")
-
-        def chat_key(item: dict[str, Any]) -> Hashable:
-            if item["kind"] == "chat" and not pipeline_batches:
-                return DynamicBatcher.ALONE  # the pipeline answers one conversation per call
-            return item["kind"], gen_params_key(item["params"])
-
-        return _chat_fn(predictor), chat_key
+        # chat conversations and raw-text completions never share a call; both batch on decoding settings
+        return _chat_fn(predictor), lambda item: (item["kind"], gen_params_key(item["params"]))
     raise KeyError(name)
 
 
@@ -193,26 +183,8 @@ def _chat_fn(backend: ChatBackend) -> BatchFn:
             if safety is not None:
                 return _safe_text_batch(backend.lm, safety, items)
             return backend.lm.complete_text_batch(items)
-        pipe = backend.pipeline
-        if hasattr(pipe, "complete_batch"):
-            return pipe.complete_batch(items)
-        replies: list[Any] = []
-        for it in items:  # one conversation per call; a failure is that request's alone
-            kwargs = dict(user=it.get("user"), session_id=it.get("session_id"), params=it["params"])
-            try:
-                if it.get("emit") is None:
-                    replies.append(pipe.complete(it["messages"], stream=False, **kwargs))
-                    continue
-                reply = None
-                for part in pipe.complete(it["messages"], stream=True, **kwargs):
-                    if isinstance(part, str):
-                        it["emit"](part)
-                    else:
-                        reply = part
-                replies.append(reply)
-            except Exception as e:  # noqa: BLE001 - handed to that request's handler by the batcher
-                replies.append(e)
-        return replies
+        # one call for the batch; a request's failure comes back as its Exception, the others go on
+        return backend.pipeline.complete_batch(items)
 
     return run
 

@@ -29,6 +29,7 @@ from gensys.train.parallel import (
     destroy_distributed,
     dist_env,
     init_distributed,
+    is_main_process,
     parallelize,
     unwrap,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "eval_batches",
     "evaluate_loss",
     "init_distributed",
+    "is_main_process",
     "lm_eval_fn",
     "lm_loss",
     "lr_multiplier",

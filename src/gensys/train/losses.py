@@ -72,10 +72,10 @@ def lm_loss(model: nn.Module, batch: Mapping[str, Tensor], *, label_smoothing: f
     """Batch -> loss glue of a decoder LM: `{"input_ids": (B, T), "labels": (B, T)}`, labels already shifted.
 
     `labels[b, t]` is the token that position t should predict (IGNORE_INDEX where none); optional
-    `attention_mask` / `positions` are passed through. Returns (loss_sum, n_tokens, metrics) as the trainer's
-    `loss_fn` contract asks.
+    `attention_mask` / `positions` / `segment_ids` (packed rows) are passed through. Returns (loss_sum,
+    n_tokens, metrics) as the trainer's `loss_fn` contract asks.
     """
-    kwargs = {k: batch[k] for k in ("attention_mask", "positions") if k in batch}
+    kwargs = {k: batch[k] for k in ("attention_mask", "positions", "segment_ids") if k in batch}
     logits = model(batch["input_ids"], **kwargs)  # (B, T, V)
     loss_sum, n_tokens = token_cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)
     return loss_sum, n_tokens, {}

@@ -169,6 +169,14 @@ def dist_env() -> DistEnv:
     return _ENV if _ENV is not None else DistEnv()
 
 
+def is_main_process() -> bool:
+    """True outside torchrun and on its rank 0: the one process that exports, writes reports and builds
+    side artefacts after training (every rank would otherwise write the same files at once)."""
+    if _ENV is not None:
+        return _ENV.is_main
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def destroy_distributed() -> None:
     """Leave the process group (end of a torchrun job, or between tests)."""
     global _ENV

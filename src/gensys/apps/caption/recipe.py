@@ -51,7 +51,15 @@ from gensys.errors import DataError
 from gensys.metrics import cider_d, coco_bleu, coco_rouge_l, coco_tokenize, meteor
 from gensys.metrics.inputs import MetricInputError
 from gensys.models.captioner import build_captioner
-from gensys.train import ResumableLoader, Trainer, eval_batches, evaluate_loss, seed_everything
+from gensys.train import (
+    ResumableLoader,
+    Trainer,
+    eval_batches,
+    evaluate_loss,
+    init_distributed,
+    is_main_process,
+    seed_everything,
+)
 
 log = logging.getLogger("gensys.caption")
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -214,7 +222,11 @@ def train_main(argv: list[str]) -> int:
         train.images, cfg.model.image_size, pre.mean, pre.std, tok.pad_id,
         train=True, hflip=pre.hflip, captions_per_image=pre.captions_per_image,
     )  # fmt: skip
-    loader = ResumableLoader(train_set, cfg.train.micro_batch_size, collate, seed=cfg.train.seed)
+    env = init_distributed(cfg.train.parallel, cfg.train.device)  # torchrun: each dp rank takes its batches
+    loader = ResumableLoader(
+        train_set, cfg.train.micro_batch_size, collate, seed=cfg.train.seed,
+        rank=env.dp_rank, world_size=env.dp_size,
+    )  # fmt: skip
     trainer = Trainer(
         model,
         cfg.train,
@@ -231,7 +243,7 @@ def train_main(argv: list[str]) -> int:
     summary = trainer.fit()
     summary["params"] = n_params
     export = args.export or cfg.export_dir
-    if export:
+    if export and is_main_process():  # under torchrun, rank 0 alone writes the export
         src = summary["best"] or summary["last"]
         summary["exported"] = str(export_checkpoint(src, export))
     print(json.dumps(summary))

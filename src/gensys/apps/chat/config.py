@@ -81,6 +81,7 @@ class SFTConfig:
 
     init_from: str = ""  # "" = <run_dir>/pretrain
     max_len: int = 384  # tokens per example (prompt + response + <|end|>); longer ones are truncated
+    pack: bool = True  # whole examples share rows of max_len (block-diagonal attention); false: one per row
     system_prompt: str = ""  # "" = no system turn
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(

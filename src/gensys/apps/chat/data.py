@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from gensys.apps.chat.config import DataConfig
@@ -340,16 +341,56 @@ def pad_right(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return out
 
 
+def pack_examples(items: Sequence[dict[str, list[int]]], max_len: int) -> list[dict[str, list[int]]]:
+    """Whole examples packed into rows of at most `max_len` tokens, first-fit decreasing by length.
+
+    Items are `{"input_ids", "labels"}` with labels already shifted inside the example (IGNORE_INDEX on the
+    prompt and on the last token), so no label reaches into the next example. Each row is `{"input_ids",
+    "labels", "segment_ids"}`, segment_ids 1..k numbering its examples; the model's block-diagonal mask
+    (`DecoderLM(..., segment_ids=...)`) keeps them from attending to each other. Examples are never split:
+    one longer than `max_len` is an error (`supervised_example` truncates when encoding).
+    """
+    lengths = [len(it["input_ids"]) for it in items]
+    too_long = [n for n in lengths if n > max_len]
+    if too_long:
+        raise ValueError(f"{len(too_long)} examples exceed max_len={max_len} (longest {max(too_long)})")
+    order = sorted((i for i in range(len(items)) if lengths[i] > 0), key=lambda i: (-lengths[i], i))
+    room = np.zeros(len(order), dtype=np.int64)  # free tokens of each open row
+    rows: list[list[int]] = []  # example indices per row
+    for i in order:
+        n = lengths[i]
+        r = int(np.argmax(room[: len(rows)] >= n)) if rows else 0
+        if not rows or room[r] < n:  # argmax of all-False is 0: no row has room
+            r = len(rows)
+            rows.append([])
+            room[r] = max_len
+        rows[r].append(i)
+        room[r] -= n
+    packed = []
+    for members in rows:
+        row: dict[str, list[int]] = {"input_ids": [], "labels": [], "segment_ids": []}
+        for k, i in enumerate(members, start=1):
+            row["input_ids"] += items[i]["input_ids"]
+            row["labels"] += items[i]["labels"]
+            row["segment_ids"] += [k] * lengths[i]
+        packed.append(row)
+    return packed
+
+
 def collate_lm(items: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """SFT batch: right-padded `input_ids` and `labels` (IGNORE_INDEX on padding).
+    """SFT batch: right-padded `input_ids` and `labels` (IGNORE_INDEX on padding), plus `segment_ids` (0 on
+    padding) when the items are packed rows (`pack_examples`).
 
     No attention mask: with right padding a real token never attends to the padding after it (causal), so
-    the model keeps the fast unmasked causal path.
+    unpacked batches keep the fast unmasked causal path.
     """
-    return {
+    batch = {
         "input_ids": pad_right([it["input_ids"] for it in items], pad_id),  # (B, T)
         "labels": pad_right([it["labels"] for it in items], IGNORE_INDEX),  # (B, T)
     }
+    if "segment_ids" in items[0]:
+        batch["segment_ids"] = pad_right([it["segment_ids"] for it in items], 0)  # (B, T)
+    return batch
 
 
 def collate_pairs(items: list[dict[str, Any]], pad_id: int) -> dict[str, Any]:

@@ -22,13 +22,18 @@ the safety classifier first, and if a slice is unsafe decoding stops and the las
 (finish_reason "content_filter"). With `n > 1` all candidates are needed for ranking, so the chosen reply
 arrives as one delta. The session is saved when the final dict is produced (a stream abandoned halfway
 saves nothing).
+
+`ChatPipeline.complete_batch(items)` answers many requests `{"messages", "user", "session_id", "params",
+"emit"}` with each model called once per batch (one batched, left-padded generation per decoding setting);
+`emit` receives a streamed request's deltas as above. `complete` is the batch of one, so a greedy reply, and
+a seeded sample (each candidate row has its own random stream), does not depend on its batch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +56,7 @@ from gensys.config import load_config
 from gensys.data.batching import pad_batch
 from gensys.data.tokenizer import Tokenizer
 from gensys.errors import CheckpointError, GensysError
-from gensys.generate import GenerationConfig, generate, stream
+from gensys.generate import GenerationConfig, GenerationOutput, generate, stream
 
 Message = dict[str, Any]
 Reply = dict[str, Any]
@@ -230,6 +235,18 @@ class _Turn:
     prompt: list[int] = field(default_factory=list)
 
 
+@dataclass
+class _Slices:
+    """A streamed row's text: `released` went out, `pending` waits for the next safety check."""
+
+    released: str = ""
+    pending: str = ""
+    refusal: SafetyVerdict | None = None
+
+    def text(self) -> str:
+        return self.released + self.pending
+
+
 class ChatPipeline:
     """Sessions, prompt enhancement, input and output safety, best-of-n generation and refusals over a
     policy LM, an optional reward model and a safety classifier. See the module docstring for `complete`."""
@@ -328,13 +345,50 @@ class ChatPipeline:
     ) -> Reply | Iterator[str | Reply]:
         """Answer the conversation `messages` (the last one from the user); see the module docstring."""
         turn = self._begin(messages, user, session_id, params)
-        it = self._run(turn, stream)
+        steps = self._serve([turn], [stream])
         if stream:
-            return it
-        for part in it:
-            if isinstance(part, dict):
-                return part
-        raise AssertionError("the pipeline ended without a reply")  # pragma: no cover
+            return _deltas_then_reply(steps)
+        reply = _drive(steps, lambda i, delta: None)[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def complete_batch(self, items: Sequence[Mapping[str, Any]]) -> list[Reply | Exception]:
+        """`complete` for many requests `{"messages", "user", "session_id", "params", "emit"}` in shared model
+        calls: one input-safety call, one batched generation per decoding setting (left-padded; the seed is
+        per request), one reward-model call and one output-safety call. `emit` (None or a callable) streams
+        that request: it receives the text deltas `complete(stream=True)` would yield, as its row decodes.
+        A request that fails (bad messages or params, someone else's session) gets its Exception in its
+        place; the others go on. Greedy replies equal those of `complete` one request at a time."""
+        results: list[Reply | Exception | None] = [None] * len(items)
+        for wave in _waves(items):
+            for i, reply in zip(wave, self._complete_wave([items[i] for i in wave])):
+                results[i] = reply
+        return results  # type: ignore[return-value]
+
+    def _complete_wave(self, items: Sequence[Mapping[str, Any]]) -> list[Reply | Exception]:
+        """`complete_batch` for items of distinct sessions."""
+        turns: list[_Turn | Exception] = []
+        for it in items:
+            try:
+                turns.append(
+                    self._begin(it.get("messages"), it.get("user"), it.get("session_id"), it.get("params"))
+                )
+            except Exception as e:  # noqa: BLE001 - that request's own error
+                turns.append(e)
+        emits = [it.get("emit") for it in items]
+        broken: dict[int, Exception] = {}
+
+        def emit(j: int, delta: str) -> None:
+            if j in broken:
+                return
+            try:
+                emits[j](delta)  # type: ignore[misc]
+            except Exception as e:  # noqa: BLE001 - a failing consumer fails its own request only
+                broken[j] = e
+
+        replies = _drive(self._serve(turns, [e is not None for e in emits]), emit)
+        return [broken.get(j, reply) for j, reply in enumerate(replies)]
 
     def _begin(
         self,
@@ -365,42 +419,112 @@ class ChatPipeline:
         ]
         return _Turn(uid, sid, stored, conversation, replace, p)
 
-    def _run(self, turn: _Turn, streaming: bool) -> Iterator[str | Reply]:
-        enhanced = self.enhancer.enhance(turn.conversation).messages
-        # 1) input safety filter
-        verdict = self.check_input(enhanced)
-        if verdict.unsafe:
-            text = rejection_text(verdict.flagged, "input")
-            yield text
-            yield self._finish(turn, text, "content_filter", [], verdict, "input", refused_user=True)
-            return
-        # 2) the prompt: refused exchanges left out, history windowed to the context, role tokens by id
-        p = self.decoding(turn.params)
-        turn.prompt = self.build_prompt(enhanced, p["max_tokens"])
-        # 3) generate, rank by reward, take the best safe candidate
-        if streaming and p["n"] == 1:
-            yield from self._stream_one(turn, p, verdict)
-            return
-        candidates = self.candidates(turn.prompt, p)
-        order = self.rank(turn.prompt, candidates)
-        best, verdicts = self.select(candidates, order)
-        if best is not None:
-            c = candidates[best]
-            if c["text"]:
-                yield c["text"]
-            yield self._finish(turn, c["text"], c["finish"], c["tokens"], verdict, None)
-            return
-        worst = _merge_verdicts(verdicts)
-        text = rejection_text(worst.flagged, "output")
-        yield text
-        yield self._finish(turn, text, "content_filter", [], worst, "output")
+    def _serve(
+        self, turns: Sequence[_Turn | Exception], streaming: Sequence[bool]
+    ) -> Generator[tuple[int, str], None, list[Reply | Exception]]:
+        """Everything after `_begin` for a batch of turns (an Exception stands for a request that already
+        failed): yields `(turn index, text delta)` for the turns in `streaming`, returns one reply or
+        Exception per turn. Each model runs once per batch, not once per turn."""
+        out: list[Reply | Exception | None] = [t if isinstance(t, Exception) else None for t in turns]
+
+        def finish(i: int, *args: Any, **kwargs: Any) -> None:
+            try:
+                out[i] = self._finish(turns[i], *args, **kwargs)  # type: ignore[arg-type]
+            except Exception as e:  # noqa: BLE001 - e.g. the session store: this request fails alone
+                out[i] = e
+
+        enhanced: dict[int, list[Message]] = {}
+        for i, t in enumerate(turns):
+            if isinstance(t, _Turn):
+                try:
+                    enhanced[i] = self.enhancer.enhance(t.conversation).messages
+                except Exception as e:  # noqa: BLE001 - this request's own failure
+                    out[i] = e
+        # 1) input safety filter: one classifier call over every turn's texts
+        in_verdict = dict(zip(enhanced, self._check_inputs(list(enhanced.values()))))
+        todo: dict[int, dict[str, Any]] = {}  # turn -> its decoding settings
+        for i, verdict in in_verdict.items():
+            turn = turns[i]
+            assert isinstance(turn, _Turn)
+            if verdict.unsafe:
+                text = rejection_text(verdict.flagged, "input")
+                if streaming[i]:
+                    yield i, text
+                finish(i, text, "content_filter", [], verdict, "input", refused_user=True)
+                continue
+            # 2) the prompt: refused exchanges left out, history windowed to the context, role tokens by id
+            try:
+                todo[i] = self.decoding(turn.params)
+                turn.prompt = self.build_prompt(enhanced[i], todo[i]["max_tokens"])
+            except Exception as e:  # noqa: BLE001 - e.g. a conversation the template cannot render
+                todo.pop(i, None)
+                out[i] = e
+        # 3) generate: one batched call per decoding setting (a server batch has one: its key)
+        groups: dict[tuple, list[int]] = {}
+        for i, p in todo.items():
+            groups.setdefault(_settings_key(p), []).append(i)
+        cands: dict[int, list[dict[str, Any]]] = {}
+        for idx in groups.values():
+            p = todo[idx[0]]
+            got = yield from self._generate(
+                [turns[i].prompt for i in idx],  # type: ignore[union-attr]
+                p,
+                [todo[i]["seed"] for i in idx],
+                [streaming[i] and p["n"] == 1 for i in idx],
+                idx,
+            )
+            cands.update(zip(idx, got))
+        # streamed replies were safety-checked slice by slice while they decoded
+        ranked = []
+        for i, cs in cands.items():
+            c = cs[0]
+            if not c.get("streamed"):
+                ranked.append(i)
+            elif "refusal" in c:
+                finish(i, c["text"], "content_filter", [], c["refusal"], "output")
+            else:
+                finish(i, c["text"], c["finish"], c["tokens"], in_verdict[i], None)
+        # 4) rank by reward (one call), then the first safe candidate of each (one classifier call)
+        orders = self.rank_many([(turns[i].prompt, cands[i]) for i in ranked])  # type: ignore[union-attr]
+        flat = self._check_candidates([c["text"] for i in ranked for c in cands[i]])
+        at = 0
+        for i, order in zip(ranked, orders):
+            verdicts = flat[at : at + len(cands[i])]
+            at += len(cands[i])
+            best = _first_safe(order, verdicts)
+            if best is not None:
+                c = cands[i][best]
+                if streaming[i] and c["text"]:
+                    yield i, c["text"]
+                finish(i, c["text"], c["finish"], c["tokens"], in_verdict[i], None)
+                continue
+            worst = _merge_verdicts(verdicts)
+            text = rejection_text(worst.flagged, "output")
+            if streaming[i]:
+                yield i, text
+            finish(i, text, "content_filter", [], worst, "output")
+        return out  # type: ignore[return-value]
 
     # ---- the stages ----------------------------------------------------------------------------------------
     def check_input(self, messages: Sequence[Message]) -> SafetyVerdict:
         """Input safety filter: the newest user message and any system message a client sent (the operator's
         own prompt is trusted and skipped). The verdict merges them: highest score per category."""
+        return self._check_inputs([messages])[0]
+
+    def _check_inputs(self, conversations: Sequence[Sequence[Message]]) -> list[SafetyVerdict]:
+        """`check_input` for several conversations with one classifier call."""
         if self.safety is None:
-            return SafetyVerdict({}, [])
+            return [SafetyVerdict({}, []) for _ in conversations]
+        texts = [self._input_texts(m) for m in conversations]
+        flat = [t for ts in texts for t in ts]
+        verdicts = self.safety.check(flat) if flat else []
+        out, at = [], 0
+        for ts in texts:
+            out.append(_merge_verdicts(verdicts[at : at + len(ts)]))
+            at += len(ts)
+        return out
+
+    def _input_texts(self, messages: Sequence[Message]) -> list[str]:
         texts = [messages[-1]["content"]]
         for m in messages:
             if m["role"] == "system":
@@ -408,7 +532,7 @@ class ChatPipeline:
                 client = m["content"][len(own) :] if own and m["content"].startswith(own) else m["content"]
                 if client.strip():
                     texts.append(client.strip())
-        return _merge_verdicts(self.safety.check(texts))
+        return texts
 
     def build_prompt(self, messages: Sequence[Message], max_tokens: int) -> list[int]:
         """Prompt ids: refused exchanges removed, the history windowed to leave `max_tokens` for the reply,
@@ -427,8 +551,7 @@ class ChatPipeline:
         """Response safety evaluator: the first candidate in `order` that the classifier passes (None if
         none does), with every candidate's verdict."""
         verdicts = self._check_candidates([c["text"] for c in candidates])
-        best = next((i for i in order if not verdicts[i].unsafe), None)
-        return best, verdicts
+        return _first_safe(order, verdicts), verdicts
 
     # ---- generation ----------------------------------------------------------------------------------------
     def decoding(self, params: ChatParams) -> dict[str, Any]:
@@ -473,9 +596,12 @@ class ChatPipeline:
             **common,
         )
 
-    def _generator(self, p: dict[str, Any]) -> torch.Generator:
-        seed = p["seed"] if p["seed"] is not None else random.getrandbits(62)
-        return torch.Generator().manual_seed(int(seed))
+    def _generators(self, seed: int | None, n: int) -> list[torch.Generator]:
+        """One random stream per candidate row, derived from the request's seed (a fresh one if None), so a
+        request's samples depend on its seed alone, never on the requests batched with it."""
+        base = torch.Generator().manual_seed(int(seed) if seed is not None else random.getrandbits(62))
+        seeds = torch.randint(0, 2**62, (n,), generator=base).tolist()
+        return [torch.Generator().manual_seed(s) for s in seeds]
 
     def _finish_reason(self, tokens: list[int], text: str, max_tokens: int) -> str:
         if tokens and tokens[-1] in self.stop_ids:
@@ -487,82 +613,127 @@ class ChatPipeline:
 
     def candidates(self, prompt: list[int], p: dict[str, Any]) -> list[dict[str, Any]]:
         """n sampled replies: `{"text", "tokens" (without the end token), "finish", "logprob"}`."""
-        ids = torch.tensor([prompt], dtype=torch.long)  # (1, T)
-        cfg = self._gen_config(p, p["n"])
-        gen = self._generator(p) if cfg.strategy == "sample" else None
-        out = generate(self.policy, ids, None, cfg, tokenizer=self.tok, generator=gen)
-        cands = []
-        for h in out.nbest[0]:
-            finish = self._finish_reason(h.tokens, h.text or "", p["max_tokens"])
-            body = [t for t in h.tokens if t not in self.stop_ids]
-            cands.append(
-                {"text": (h.text or "").strip(), "tokens": body, "finish": finish,
-                 "logprob": h.logprob / max(len(h.tokens), 1)}
-            )  # fmt: skip
-        return cands
+        return _drive(self._generate([prompt], p, [p["seed"]], [False], [0]), lambda i, d: None)[0]
+
+    def _generate(
+        self,
+        prompts: list[list[int]],
+        p: dict[str, Any],
+        seeds: list[int | None],
+        streamed: list[bool],
+        labels: Sequence[int],
+    ) -> Generator[tuple[int, str], None, list[list[dict[str, Any]]]]:
+        """`p["n"]` candidates per prompt (see `candidates`) from one left-padded batched decoding. Rows in
+        `streamed` (n = 1) yield `(labels[row], delta)` in safety-checked slices as they decode (see the
+        module docstring); their one candidate has `"streamed": True`, the released text, and `"refusal"`
+        (the verdict) if a slice was unsafe."""
+        ids, mask = pad_batch(prompts, self.tok.pad_id, side="left")  # (B, T), mask 1 = real token
+        n = p["n"]
+        cfg = self._gen_config(p, n)
+        gens = None
+        if cfg.strategy == "sample":  # rows are prompt-major: prompt b's candidates are rows b*n .. b*n+n-1
+            gens = [g for s in seeds for g in self._generators(s, n)]
+        slices = {b: _Slices() for b, s in enumerate(streamed) if s}
+        if slices:
+            out = yield from self._stream_slices(ids, mask, cfg, gens, slices, labels)
+        else:
+            out = generate(self.policy, ids, mask, cfg, tokenizer=self.tok, generator=gens)
+        result = []
+        for b in range(len(prompts)):
+            s = slices.get(b)
+            if s is not None and s.refusal is not None:
+                refused = {"text": s.released, "tokens": [], "finish": "content_filter", "logprob": 0.0}
+                result.append([{**refused, "streamed": True, "refusal": s.refusal}])
+                continue
+            assert out is not None
+            cands = []
+            for h in out.nbest[b]:
+                finish = self._finish_reason(h.tokens, h.text or "", p["max_tokens"])
+                body = [t for t in h.tokens if t not in self.stop_ids]
+                cands.append(
+                    {"text": (h.text or "").strip(), "tokens": body, "finish": finish,
+                     "logprob": h.logprob / max(len(h.tokens), 1)}
+                )  # fmt: skip
+            if s is not None:  # the streamed text is only left-stripped: its deltas already went out
+                cands[0].update(text=s.released, streamed=True)
+            result.append(cands)
+        return result
+
+    def _stream_slices(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        cfg: GenerationConfig,
+        gens: list[torch.Generator] | None,
+        slices: dict[int, _Slices],
+        labels: Sequence[int],
+    ) -> Generator[tuple[int, str], None, GenerationOutput | None]:
+        """Decode `ids` (B, T) streaming, releasing the rows in `slices` every `stream_check_every` tokens
+        (and when the row ends) after one classifier call over all rows due; an unsafe slice ends that
+        row's text with the refusal. None if every row was refused (decoding then stops early)."""
+        check = self.safety is not None and self.cfg.safety.check_output
+        every = max(1, self.cfg.generator.stream_check_every)
+        steps = 0
+        for ev in stream(self.policy, ids, mask, cfg, tokenizer=self.tok, generator=gens):
+            steps += 0 if ev.done else 1
+            due = []
+            for b, s in slices.items():
+                if s.refusal is not None:
+                    continue
+                s.pending += ev.text_deltas[b] if ev.text_deltas else ""
+                if not s.released:
+                    s.pending = s.pending.lstrip()  # as the non-streamed reply, which is stripped
+                ended = ev.finished[b] and ev.token_ids is not None and ev.token_ids[b] is not None
+                if ev.done or ended or steps % every == 0:
+                    due.append(b)
+            checked = [b for b in due if check and slices[b].pending.strip()]
+            verdicts = dict(zip(checked, self._check_candidates([slices[b].text().strip() for b in checked])))
+            for b in due:
+                s = slices[b]
+                v = verdicts.get(b)
+                if v is not None and v.unsafe:
+                    tail = ("\n\n" if s.released.strip() else "") + rejection_text(v.flagged, "output")
+                    yield labels[b], tail
+                    s.released, s.pending, s.refusal = s.released + tail, "", v
+                    continue
+                if s.pending:
+                    yield labels[b], s.pending
+                s.released, s.pending = s.text(), ""
+            if ev.done:
+                return ev.output
+            if len(slices) == ids.shape[0] and all(s.refusal is not None for s in slices.values()):
+                return None
+        raise AssertionError("the stream ended without its output")  # pragma: no cover
 
     @torch.no_grad()
     def rank(self, prompt: list[int], candidates: list[dict[str, Any]]) -> list[int]:
         """Candidate indices, best first: by reward-model score, else by mean token log-prob."""
-        if len(candidates) == 1:
-            return [0]
-        if self.reward is None:
-            return sorted(range(len(candidates)), key=lambda i: -candidates[i]["logprob"])
-        limit = int(self.reward.cfg.lm.max_seq_len)
-        rows = []
-        for c in candidates:
-            reply = [*c["tokens"], self.tok.special_id("end")][: limit // 2]
-            rows.append([*prompt[-(limit - len(reply)) :], *reply])
-        ids, mask = pad_batch(rows, self.tok.pad_id, side="right")  # (n, T)
-        scores = self.reward(ids, attention_mask=mask).float()  # (n,)
-        for c, s in zip(candidates, scores.tolist()):
-            c["reward"] = s
-        return sorted(range(len(candidates)), key=lambda i: -candidates[i]["reward"])
+        return self.rank_many([(prompt, candidates)])[0]
+
+    @torch.no_grad()
+    def rank_many(self, items: Sequence[tuple[list[int], list[dict[str, Any]]]]) -> list[list[int]]:
+        """`rank` for several (prompt, candidates) pairs, with one reward-model call over all candidates."""
+        scored = [k for k, (_, cands) in enumerate(items) if len(cands) > 1]
+        if self.reward is not None and scored:
+            limit = int(self.reward.cfg.lm.max_seq_len)
+            rows = []
+            for k in scored:
+                prompt, cands = items[k]
+                for c in cands:
+                    reply = [*c["tokens"], self.tok.special_id("end")][: limit // 2]
+                    rows.append([*prompt[-(limit - len(reply)) :], *reply])
+            ids, mask = pad_batch(rows, self.tok.pad_id, side="right")  # (sum n, T)
+            scores = iter(self.reward(ids, attention_mask=mask).float().tolist())  # (sum n,)
+            for k in scored:
+                for c in items[k][1]:
+                    c["reward"] = next(scores)
+        key = "reward" if self.reward is not None else "logprob"
+        return [_best_first(cands, key) if len(cands) > 1 else [0] for _, cands in items]
 
     def _check_candidates(self, texts: list[str]) -> list[SafetyVerdict]:
         if self.safety is None or not self.cfg.safety.check_output:
             return [SafetyVerdict({}, []) for _ in texts]
-        return self.safety.check(texts)
-
-    def _stream_one(
-        self, turn: _Turn, p: dict[str, Any], input_verdict: SafetyVerdict
-    ) -> Iterator[str | Reply]:
-        """n = 1: stream the reply in safety-checked slices (see the module docstring)."""
-        ids = torch.tensor([turn.prompt], dtype=torch.long)  # (1, T)
-        cfg = self._gen_config(p, 1)
-        gen = self._generator(p) if cfg.strategy == "sample" else None
-        check = self.safety is not None and self.cfg.safety.check_output
-        every = max(1, self.cfg.generator.stream_check_every)
-        released, pending, steps = "", "", 0
-        output = None
-        for ev in stream(self.policy, ids, None, cfg, tokenizer=self.tok, generator=gen):
-            pending += (ev.text_deltas or [""])[0]
-            if not released:
-                pending = pending.lstrip()  # as the non-streamed reply, which is stripped
-            steps += 0 if ev.done else 1
-            if ev.done:
-                output = ev.output
-            if not ev.done and steps % every:
-                continue
-            text = released + pending
-            if check and pending.strip():
-                assert self.safety is not None
-                verdict = self.safety.check([text.strip()])[0]
-                if verdict.unsafe:
-                    note = rejection_text(verdict.flagged, "output")
-                    tail = ("\n\n" if released.strip() else "") + note
-                    yield tail
-                    final = released + tail
-                    yield self._finish(turn, final, "content_filter", [], verdict, "output")
-                    return
-            if pending:
-                yield pending
-            released, pending = text, ""
-        assert output is not None
-        h = output.nbest[0][0]
-        finish = self._finish_reason(h.tokens, h.text or "", p["max_tokens"])
-        body = [t for t in h.tokens if t not in self.stop_ids]
-        yield self._finish(turn, released, finish, body, input_verdict, None)
+        return self.safety.check(texts) if texts else []
 
     # ---- the reply -----------------------------------------------------------------------------------------
     def _finish(
@@ -600,6 +771,63 @@ class ChatPipeline:
             "flagged": list(verdict.flagged),
             "refusal_stage": stage,
         }
+
+
+def _drive(steps: Generator[tuple[int, str], None, list[Any]], emit: Callable[[int, str], None]) -> list[Any]:
+    """Run a `_serve`-style generator to its end, handing each `(index, delta)` to `emit`; its result."""
+    while True:
+        try:
+            i, delta = next(steps)
+        except StopIteration as done:
+            return done.value
+        emit(i, delta)
+
+
+def _deltas_then_reply(steps: Generator[tuple[int, str], None, list[Any]]) -> Iterator[str | Reply]:
+    """The streaming protocol of `complete` over a one-turn `_serve`: the deltas, then the reply."""
+    while True:
+        try:
+            _, delta = next(steps)
+        except StopIteration as done:
+            reply = done.value[0]
+            break
+        yield delta
+    if isinstance(reply, Exception):
+        raise reply
+    yield reply
+
+
+def _waves(items: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """Item indices in rounds where no two items continue the same session, so that a later turn of a
+    session sees the earlier one stored, as when the requests run one after the other."""
+    waves: list[list[int]] = []
+    seen: list[set[tuple[str, str]]] = []
+    for i, it in enumerate(items):
+        sid = it.get("session_id")
+        key = None if sid is None else (str(it.get("user") or ""), str(sid))
+        w = 0
+        while key is not None and w < len(seen) and key in seen[w]:
+            w += 1
+        if w == len(waves):
+            waves.append([])
+            seen.append(set())
+        waves[w].append(i)
+        if key is not None:
+            seen[w].add(key)
+    return waves
+
+
+def _settings_key(p: Mapping[str, Any]) -> tuple:
+    """Decoding settings that must match to share one `generate` call (the seed is per row)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in p.items() if k != "seed"))
+
+
+def _first_safe(order: Sequence[int], verdicts: Sequence[SafetyVerdict]) -> int | None:
+    return next((i for i in order if not verdicts[i].unsafe), None)
+
+
+def _best_first(candidates: Sequence[Mapping[str, Any]], key: str) -> list[int]:
+    return sorted(range(len(candidates)), key=lambda i: -candidates[i][key])
 
 
 def _merge_verdicts(verdicts: Sequence[SafetyVerdict]) -> SafetyVerdict:

@@ -4,7 +4,8 @@ Documents (Shakespeare, WikiText-2 valid, AESLC emails, Stack Exchange posts, Mu
 each followed by <eos>, and packed into rows of `pretrain.seq_len` tokens (`gensys.data.batching
 .pack_documents`). Labels never cross a document boundary (the token after <eos> is not predicted from the
 previous document); attention is plain causal over the row, as in GPT-2/3 pretraining: the model learns
-that what precedes an <eos> is unrelated context (SFT, where contamination matters, does not pack).
+that what precedes an <eos> is unrelated context (SFT, where contamination matters, packs with a
+block-diagonal mask instead).
 """
 
 from __future__ import annotations

@@ -32,7 +32,14 @@ from gensys.data.tokenizer import Tokenizer
 from gensys.errors import DataError
 from gensys.metrics import PerplexityAccumulator
 from gensys.models.decoder_lm import DecoderLM
-from gensys.train import ResumableLoader, Trainer, lm_eval_fn, seed_everything
+from gensys.train import (
+    ResumableLoader,
+    Trainer,
+    init_distributed,
+    is_main_process,
+    lm_eval_fn,
+    seed_everything,
+)
 
 # One request decodes a handful of rows through d=256 matrices: splitting such small products over threads
 # costs more in synchronisation than it saves (and collapses when other processes share the cores).
@@ -119,7 +126,10 @@ def train_main(argv: list[str]) -> int:
 
     bs = cfg.train.micro_batch_size
     train_batches = LengthBuckets(train_set, bs, seed=cfg.train.seed)
-    loader = ResumableLoader(train_batches, 1, coll, seed=cfg.train.seed)
+    env = init_distributed(cfg.train.parallel, cfg.train.device)  # torchrun: each dp rank takes its batches
+    loader = ResumableLoader(
+        train_batches, 1, coll, seed=cfg.train.seed, rank=env.dp_rank, world_size=env.dp_size
+    )
     eval_fn = lm_eval_fn(LengthBuckets(dev_set, bs, seed=0), 1, coll, max_batches=cfg.train.eval_steps)
     meta = {"family": "decoder_lm", "model": dataclasses.asdict(model_cfg), "compose": _checkpoint_meta(cfg)}
     t0 = time.perf_counter()
@@ -130,6 +140,8 @@ def train_main(argv: list[str]) -> int:
         f"trained {summary['step']} steps in {time.perf_counter() - t0:.0f} s; best {summary['best_metric']}"
     )
 
+    if not is_main_process():
+        return 0  # under torchrun rank 0 alone builds the baseline, exports and calibrates
     if cfg.ngram.enabled and not args.no_ngram:
         t1 = time.perf_counter()
         lm = NgramLM.train(

@@ -41,7 +41,14 @@ from gensys.data.readers import open_text, read_parallel
 from gensys.data.tokenizer import Tokenizer, train_bpe
 from gensys.errors import DataError, GensysError
 from gensys.models.seq2seq import Seq2Seq
-from gensys.train import Trainer, eval_batches, evaluate_loss, seed_everything
+from gensys.train import (
+    Trainer,
+    eval_batches,
+    evaluate_loss,
+    init_distributed,
+    is_main_process,
+    seed_everything,
+)
 from gensys.train.losses import token_cross_entropy
 
 DEFAULT_CKPT = "models/translate"
@@ -227,9 +234,11 @@ def pretrain(cfg: Config, tok: Tokenizer, model: Seq2Seq) -> Path:
         early_stop_mode="min",
         early_stop_patience=0,
     )
+    env = init_distributed(tcfg.parallel, tcfg.device)  # torchrun: each dp rank takes its batches
     loader = TokenBatchLoader(
-        mono, cfg.data.tokens_per_batch, lambda items, g: collate(items, generator=g), seed=tcfg.seed
-    )
+        mono, cfg.data.tokens_per_batch, lambda items, g: collate(items, generator=g), seed=tcfg.seed,
+        rank=env.dp_rank, world_size=env.dp_size,
+    )  # fmt: skip
     print(
         f"translate: MLM pretraining on {len(mono)} sentences, {len(loader)} batches/epoch", file=sys.stderr
     )
@@ -260,7 +269,11 @@ def finetune(cfg: Config, tok: Tokenizer, model: Seq2Seq) -> dict[str, Any]:
     def collate(items: list, g: torch.Generator) -> dict:
         return collate_pairs(items, tok.pad_id, tok.bos_id)
 
-    loader = TokenBatchLoader(train, cfg.data.tokens_per_batch, collate, seed=cfg.train.seed)
+    env = init_distributed(cfg.train.parallel, cfg.train.device)  # torchrun: each dp rank takes its batches
+    loader = TokenBatchLoader(
+        train, cfg.data.tokens_per_batch, collate, seed=cfg.train.seed,
+        rank=env.dp_rank, world_size=env.dp_size,
+    )  # fmt: skip
     print(f"translate: fine-tuning on {len(train)} pairs, {len(loader)} batches/epoch", file=sys.stderr)
     trainer = Trainer(
         model,
@@ -308,7 +321,7 @@ def train(cfg: Config) -> dict[str, Any]:
     summary["total_s"] = round(time.perf_counter() - t0, 1)
     final = summary.get("best") or summary["last"]
     summary["final"] = final
-    if cfg.export_dir:
+    if cfg.export_dir and is_main_process():  # under torchrun, rank 0 alone writes the export
         summary["exported"] = str(export_fp16(final, cfg.export_dir))
     return summary
 
