@@ -89,14 +89,13 @@ def batches(batch: int, seq: int):
 def throughput(args: argparse.Namespace, compiled: bool) -> dict:
     seq, batch = args.seq, args.batch
     cfg = TrainConfig(
-        lr=1e-3, warmup_steps=2, max_steps=10_000, grad_clip=1.0, out_dir=tempfile.mkdtemp(), progress=False
-    )
-    ours = Trainer(our_model(seq), cfg, train_data=batches(batch, seq), loss_fn=lm_loss)
+        lr=1e-3, warmup_steps=2, max_steps=10_000, grad_clip=1.0, out_dir=tempfile.mkdtemp(), progress=False,
+        compile=compiled,  # the trainer compiles each block and the default loss (lm_loss)
+    )  # fmt: skip
+    ours = Trainer(our_model(seq), cfg, train_data=batches(batch, seq))
     hf = hf_model(seq)
     if compiled:
         hf.compile()
-        for block in ours.model.blocks:  # the trainer's cfg.compile=true does exactly this
-            block.compile()
     opt = torch.optim.AdamW(hf.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 2))
     hf_data = batches(batch, seq)

@@ -184,3 +184,13 @@ def test_tensorboard_option(tmp_path):
         return
     Trainer(tiny_llama(), cfg, train_data=data).fit()
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tb" / "tensorboard").iterdir())
+
+
+def test_compile_trains_like_eager(tmp_path):
+    # compile=true compiles each block and the default loss's cross-entropy; the losses and first-step
+    # gradients stay those of eager execution (up to kernel rounding).
+    _, _, g_eager = _fit(tmp_path, "eager")
+    t_comp, _, g_comp = _fit(tmp_path, "compiled", compile=True)
+    assert _losses(tmp_path / "compiled") == pytest.approx(_losses(tmp_path / "eager"), abs=1e-4)
+    for k in g_eager:
+        torch.testing.assert_close(g_comp[k], g_eager[k], atol=1e-5, rtol=1e-4)

@@ -11,7 +11,7 @@ models, DPO, PPO) add theirs below in their own section.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch.nn.functional as F
@@ -68,16 +68,23 @@ def batch_target_tokens(batch: Mapping[str, Any], ignore_index: int = IGNORE_IND
     return count_target_tokens(batch["labels"], ignore_index)
 
 
-def lm_loss(model: nn.Module, batch: Mapping[str, Tensor], *, label_smoothing: float = 0.0):
+def lm_loss(
+    model: nn.Module,
+    batch: Mapping[str, Tensor],
+    *,
+    label_smoothing: float = 0.0,
+    ce: Callable[..., tuple[Tensor, Tensor]] = token_cross_entropy,
+):
     """Batch -> loss glue of a decoder LM: `{"input_ids": (B, T), "labels": (B, T)}`, labels already shifted.
 
     `labels[b, t]` is the token that position t should predict (IGNORE_INDEX where none); optional
     `attention_mask` / `positions` / `segment_ids` (packed rows) are passed through. Returns (loss_sum,
-    n_tokens, metrics) as the trainer's `loss_fn` contract asks.
+    n_tokens, metrics) as the trainer's `loss_fn` contract asks. `ce` is `token_cross_entropy` or its compiled
+    form (the trainer passes `torch.compile(token_cross_entropy)` under `compile=true`).
     """
     kwargs = {k: batch[k] for k in ("attention_mask", "positions", "segment_ids") if k in batch}
     logits = model(batch["input_ids"], **kwargs)  # (B, T, V)
-    loss_sum, n_tokens = token_cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)
+    loss_sum, n_tokens = ce(logits, batch["labels"], label_smoothing=label_smoothing)
     return loss_sum, n_tokens, {}
 
 

@@ -43,7 +43,7 @@ from gensys.checkpoint import (
 from gensys.data.atomic import atomic_write_text
 from gensys.train.config import TrainConfig
 from gensys.train.loader import ResumableIterator, eval_batches
-from gensys.train.losses import batch_target_tokens, lm_loss
+from gensys.train.losses import batch_target_tokens, lm_loss, token_cross_entropy
 from gensys.train.monitor import MetricsLog, Progress, plot_losses, read_metrics
 from gensys.train.optim import build_optimizer
 from gensys.train.parallel import (
@@ -156,7 +156,10 @@ class Trainer:
         self.device = self.env.device
         self.out_dir = Path(cfg.out_dir)
         self.train_data = train_data
-        self.loss_fn = loss_fn or partial(lm_loss, label_smoothing=cfg.label_smoothing)
+        # Under compile=true the default loss's log-softmax is compiled too (fused forward and backward:
+        # 127 vs 171 ms for 2048 x 8192 logits on 2 busy cores); the blocks are compiled by `parallelize`.
+        ce = torch.compile(token_cross_entropy) if cfg.compile else token_cross_entropy
+        self.loss_fn = loss_fn or partial(lm_loss, label_smoothing=cfg.label_smoothing, ce=ce)
         self.eval_fn = eval_fn
         self.token_count_fn = token_count_fn
         self.model_config = dict(model_config) if model_config is not None else _infer_model_config(model)
