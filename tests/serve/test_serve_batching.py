@@ -110,28 +110,6 @@ def test_queue_is_bounded_and_timeouts_drop_work():
         run(b.submit(5))
 
 
-def test_alone_items_never_wait_or_share():
-    calls: list[list[int]] = []
-
-    def fn(items: list[int]) -> list[int]:
-        calls.append(list(items))
-        return items
-
-    b = DynamicBatcher("alone", fn, max_batch=8, window_s=1.0, key=lambda x: DynamicBatcher.ALONE)
-
-    async def main() -> float:
-        t0 = time.perf_counter()
-        await asyncio.gather(*(b.submit(i) for i in range(4)))
-        return time.perf_counter() - t0
-
-    try:
-        elapsed = run(main())
-    finally:
-        b.close()
-    assert sorted(calls) == [[0], [1], [2], [3]]
-    assert elapsed < 1.0  # no batching window was waited for
-
-
 def test_server_batches_concurrent_requests_and_results_match(tiny_models, registry, tmp_path, monkeypatch):
     """Concurrent HTTP requests are served in shared predictor calls with the same answers as alone."""
     from gensys.serve.app import create_app

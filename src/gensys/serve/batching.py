@@ -64,13 +64,7 @@ def _deliver(job: _Job, result: Any) -> None:
 
 
 class DynamicBatcher:
-    """Batches calls to `fn(list[item]) -> list[result]` on one background thread.
-
-    A `key` of `DynamicBatcher.ALONE` runs that item in a call of its own, without waiting for company (for
-    a predictor that serves one request per call: batching it would only hold every reply until the last).
-    """
-
-    ALONE = object()
+    """Batches calls to `fn(list[item]) -> list[result]` on one background thread."""
 
     def __init__(
         self,
@@ -140,13 +134,13 @@ class DynamicBatcher:
                 return None
             first = self._jobs.popleft()
             batch = [first]
-            if self.max_batch == 1 or first.key is self.ALONE:
+            if self.max_batch == 1:
                 return batch
             deadline = time.perf_counter() + self.window_s
             while len(batch) < self.max_batch:
                 # take every queued job with the same key (others keep their place for the next batch)
                 for job in list(self._jobs):
-                    if job.key is not self.ALONE and job.key == first.key and len(batch) < self.max_batch:
+                    if job.key == first.key and len(batch) < self.max_batch:
                         self._jobs.remove(job)
                         batch.append(job)
                 left = deadline - time.perf_counter()
