@@ -70,6 +70,14 @@ def test_dpo_loss_hand_case():
     assert same.loss_sum.item() == pytest.approx(2 * math.log(2.0), abs=1e-6)
 
 
+def test_dpo_loss_nll_term_hand_case():
+    # z = 0.5 * ((-1 + 2) - (-3 + 2)) = 1; loss = -log s(1) + 0.2 * (1 / 4) (chosen: 4 tokens, log pi = -1)
+    out = dpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), beta=0.5, nll_coef=0.2, chosen_tokens=t(4.0))
+    assert out.loss_sum.item() == pytest.approx(-math.log(1 / (1 + math.exp(-1.0))) + 0.05, rel=1e-6)
+    with pytest.raises(ValueError, match="chosen_tokens"):
+        dpo_loss(t(-1.0), t(-3.0), t(-2.0), t(-2.0), nll_coef=0.2)
+
+
 def test_dpo_gradient_raises_chosen_and_lowers_rejected():
     pc, pr = torch.tensor([-5.0], requires_grad=True), torch.tensor([-5.0], requires_grad=True)
     dpo_loss(pc, pr, t(-5.0), t(-5.0), beta=0.1).loss_sum.backward()

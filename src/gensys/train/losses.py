@@ -194,16 +194,25 @@ def dpo_loss(
     *,
     beta: float = 0.1,
     label_smoothing: float = 0.0,
+    nll_coef: float = 0.0,
+    chosen_tokens: Tensor | None = None,
 ) -> DPOResult:
     """Direct Preference Optimisation loss (Rafailov et al. 2023) from summed response log-probs (B,).
 
     loss = -log sigmoid(beta * [(log pi_w - log ref_w) - (log pi_l - log ref_l)]). `label_smoothing` eps
     assumes that share of labels is flipped (conservative DPO): -(1-eps) log s(z) - eps log s(-z).
+    `nll_coef` alpha adds alpha * (-log pi_w / |y_w|), the chosen reply's per-token NLL (`chosen_tokens`
+    (B,) = |y_w|), as in RPO (Pang et al. 2024) and Llama 3's DPO: DPO alone may lower the likelihood of
+    both replies and move mass to text neither holds; the NLL term keeps the chosen one likely.
     """
     chosen = beta * (policy_chosen.float() - ref_chosen.float())  # (B,)
     rejected = beta * (policy_rejected.float() - ref_rejected.float())  # (B,)
     z = chosen - rejected
     losses = -(1.0 - label_smoothing) * F.logsigmoid(z) - label_smoothing * F.logsigmoid(-z)
+    if nll_coef:
+        if chosen_tokens is None:
+            raise ValueError("dpo_loss: nll_coef needs chosen_tokens (the chosen replies' token counts)")
+        losses = losses - nll_coef * policy_chosen.float() / chosen_tokens.float().clamp_min(1.0)
     return DPOResult(losses.sum(), z.numel(), chosen.detach(), rejected.detach())
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -79,6 +80,12 @@ def test_every_stage_finished_and_wrote_its_figures(run):
     assert [r["step"] for r in ppo_log] == [1, 2]
     for key in ("rm_score", "kl", "entropy", "clip_frac", "approx_kl", "reply_len", "eos_rate", "repetition"):
         assert all(key in r for r in ppo_log), key
+    # The length guard fitted the RM's length preference before the first update and removed it.
+    slope = results["ppo"]["length_slope_removed"]
+    assert math.isfinite(slope)  # 0.0 here, where every tiny reply runs to max_new_tokens
+    for r in ppo_log:
+        expected = r["rm_score"] - slope * r["reply_len"]
+        assert r["rm_score_length_debiased"] == pytest.approx(expected, abs=1e-4)
     dpo_log = (stage_dir(cfg, "dpo") / "metrics.jsonl").read_text()
     for key in ("rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margins"):
         assert key in dpo_log
@@ -107,6 +114,9 @@ def test_reward_model_ranks_chosen_above_rejected(run):
     cfg, results = run
     assert results["reward"]["eval_accuracy_last"] >= 0.75
     assert results["reward"]["train_pairs_se"] == 4 and results["reward"]["eval_se_pairs"] == 1
+    # best/ was chosen on dev pairs carved out of train (tiny.yaml: 4), the eval split only reported
+    assert results["reward"]["dev_pairs"] == 4
+    assert 0.0 <= results["reward"]["eval_accuracy_best"] <= 1.0
     assert 0.0 <= results["reward"]["eval_se_accuracy_last"] <= 1.0
     rm, tok = load_reward_model(stage_checkpoint(cfg, "reward"))
     seed_everything(cfg.seed)  # same fresh head as the stage drew
@@ -143,6 +153,12 @@ def test_comparison_and_export(run):
     cfg, results = run
     res = results["compare"]
     assert set(res["win_rate_vs_sft"]) == {"ppo", "dpo"}
+    # tiny.yaml: 4 + 4 prompts x 2 samples; prompts, not samples, are the compared units
+    assert res["samples_per_prompt"] == 2 and res["prompt_subsets"] == {"hh": 4, "user": 4}
+    half_width = res["win_rate_vs_sft"]["ppo"]["all"][1]
+    p = res["win_rate_vs_sft"]["ppo"]["all"][0]
+    assert half_width == pytest.approx(1.96 * math.sqrt(max(p * (1 - p), 1e-12) / 8))
+    assert results["dpo"]["dev_pairs"] == 4 and "eval_reward_accuracy" in results["dpo"]
     for table in (res["win_rate_vs_sft"], res["lc_win_rate_vs_sft"]):
         for per_subset in table.values():
             assert 0.0 <= per_subset["all"][0] <= 1.0

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from chat_train_testdata import WORDS  # noqa: E402
 
-from gensys.apps.chat.common import repeated_ngram_share  # noqa: E402
-from gensys.apps.chat.compare import length_slope, win_rate  # noqa: E402
+from gensys.apps.chat.common import length_slope, repeated_ngram_share  # noqa: E402
+from gensys.apps.chat.compare import win_rate  # noqa: E402
 from gensys.apps.chat.config import PPOConfig  # noqa: E402
 from gensys.apps.chat.data import BucketedLoader, collate_lm  # noqa: E402
 from gensys.apps.chat.dpo import CollapseWatch  # noqa: E402
@@ -227,6 +227,12 @@ def test_reward_shaping_guards():
     assert shaped[2].item() == pytest.approx(-2.0 * rep - 0.5 * 5)  # 9 tokens, 5 beyond free_tokens
     assert shaped[3].item() == pytest.approx(-0.5 * 2)
     assert stats["eos_rate"] == pytest.approx(0.75)
+    # The RM's length preference is taken out of its score: with raw = 0.3 * tokens and slope 0.3 every
+    # reply shapes as if its RM score were 0 (lengths 3, 3, 9, 6 without <|end|>).
+    lengths = torch.tensor([3.0, 3.0, 9.0, 6.0])
+    debiased, stats = shaped_scores(0.3 * lengths, replies, [end], pc, ScoreNorm(False), length_slope=0.3)
+    assert torch.allclose(debiased, shaped, atol=1e-6)
+    assert stats["rm_score_length_debiased"] == pytest.approx(0.0, abs=1e-6)
     norm = ScoreNorm(True)
     assert torch.allclose(norm(torch.tensor([1.0, 3.0])), torch.tensor([-0.7071, 0.7071]), atol=1e-4)
     assert norm(torch.tensor([5.0])).item() == pytest.approx((5.0 - 2.0) / 2**0.5, rel=1e-4)  # stats frozen

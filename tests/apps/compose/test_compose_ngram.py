@@ -63,8 +63,13 @@ def test_completer_finds_the_frequent_phrase(lm):
 
 def test_backend_candidates_start_with_the_tail(lm):
     be = NgramBackend(lm, max_words=4, beam=2)
-    out = be.propose([PromptItem("", "", "I will", " ca"), PromptItem("", "", "Please let me", " ")])
+    out = be.propose([
+        PromptItem("", "", "I will", " ca"),
+        PromptItem("", "", "Please let me", " "),
+        PromptItem("", "", "Thanks.\n", ""),  # a line start: no space before the first word
+    ])  # fmt: skip
     assert out[0][0].text.startswith(" call")
     assert out[1][0].text.startswith(" know")
+    assert out[2][0].text[:1].isalpha()
     assert all(0 < c.confidence <= 1 for cands in out for c in cands)
     assert math.isclose(out[1][0].confidence, math.exp(be.complete("Please let me", "")[0][1]))

@@ -76,3 +76,9 @@ def test_offensive_and_gendered_terms():
     assert fin(" him know.", prefix="Please let", block_gendered=False).text == "him know."
     # Whole words only: "she" inside "shelter" is fine.
     assert safety_reason("", "", "the shelter is open") is None
+
+
+def test_line_start_suggestion_has_no_leading_space():
+    f = fin("Please send it.", prefix="Thanks.\n", tail="")
+    assert (f.text, f.reason) == ("Please send it.", "ok")
+    assert fin(" please send it.", prefix="Thanks.\n", tail="").text == "Please send it."

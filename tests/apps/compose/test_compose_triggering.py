@@ -96,3 +96,10 @@ def test_bad_requests_give_clear_errors(req, status, words):
         parse_request(req, CFG)
     assert info.value.http_status == status
     assert words in str(info.value)
+
+
+def test_a_line_break_goes_to_the_prompt():
+    # A tail holding "\n" would end every candidate at the newline stop string before it started.
+    assert _decide("Could you do me a favor?\n") == (True, "ok", "Could you do me a favor?\n", "")
+    assert _decide("Could you do me a favor?\n\nWou") == (True, "ok", "Could you do me a favor?\n\n", "Wou")
+    assert _decide("Thanks a lot.\n  Be") == (True, "ok", "Thanks a lot.\n", "  Be")

@@ -190,3 +190,11 @@ def repeated_ngram_share(tokens: Sequence[int], n: int = 3) -> float:
     if not grams:
         return 0.0
     return 1.0 - len(set(grams)) / len(grams)
+
+
+def length_slope(scores: torch.Tensor, lengths: torch.Tensor) -> float:
+    """Least-squares slope of score on length (0 if the lengths do not vary): the RM's linear length
+    preference, removed by PPO's length guard and by the length-controlled win rate."""
+    x = lengths.double() - lengths.double().mean()
+    denom = float((x * x).sum())
+    return float((x * (scores.double() - scores.double().mean())).sum()) / denom if denom > 0 else 0.0

@@ -5,7 +5,8 @@ first `compare.user_prompts` of Self-Instruct's user-oriented set (evaluation on
 every prompt with the same sampling settings and seeds; the reward model scores prompt + reply + <|end|>.
 
 - win rate of X vs SFT = share of prompts where RM(X's reply) > RM(SFT's reply), ties counting one half;
-  ± is a 95% normal-approximation interval.
+  with `samples_per_prompt` > 1 a policy's score on a prompt is the mean over its replies; ± is a 95%
+  normal-approximation interval over prompts.
 - length-controlled win rate: the same on scores with the linear length effect removed (slope of RM score on
   reply length, fitted by least squares over all replies of all policies), so a policy cannot win by writing
   longer (or shorter) replies that the RM happens to prefer.
@@ -24,6 +25,7 @@ import torch
 
 from gensys.apps.chat.common import (
     end_ids,
+    length_slope,
     load_lm,
     load_reward_model,
     log,
@@ -49,13 +51,6 @@ def win_rate(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
     wins = (a > b).float() + 0.5 * (a == b).float()
     p = float(wins.mean())
     return p, 1.96 * math.sqrt(max(p * (1 - p), 1e-12) / max(len(a), 1))
-
-
-def length_slope(scores: torch.Tensor, lengths: torch.Tensor) -> float:
-    """Least-squares slope of score on length (0 if the lengths do not vary)."""
-    x = lengths.double() - lengths.double().mean()
-    denom = float((x * x).sum())
-    return float((x * (scores.double() - scores.double().mean())).sum()) / denom if denom > 0 else 0.0
 
 
 def eval_prompts(cfg: Config) -> list[tuple[str, list[dict[str, str]]]]:
@@ -167,7 +162,6 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
     rm_path = Path(cfg.ppo.reward_from) if cfg.ppo.reward_from else stage_checkpoint(cfg, "reward")
     rm, _ = load_reward_model(rm_path, device)
     items = eval_prompts(cfg)
-    subsets = [s for s, _ in items for _ in range(cc.samples_per_prompt)]
     prompts = [prompt_ids(tok, m, cc.max_prompt_len) for _, m in items]
     rows_prompts = [p for p in prompts for _ in range(cc.samples_per_prompt)]
     stops = end_ids(tok)
@@ -188,6 +182,12 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
             "eos_rate": sum(e for _, e in bodies) / len(bodies),
         }
     slope = length_slope(torch.cat(list(scores.values())), torch.cat(list(lengths.values())))
+    # A policy's score on a prompt is the mean over its samples: prompts, not samples, are the units compared
+    # (samples of one prompt are not independent, so counting them would narrow the interval falsely).
+    k = cc.samples_per_prompt
+    per_prompt = {name: v.view(-1, k).mean(1) for name, v in scores.items()}  # (P,)
+    len_prompt = {name: v.view(-1, k).mean(1) for name, v in lengths.items()}
+    subsets = [s for s, _ in items]
     wins: dict[str, dict[str, tuple[float, float]]] = {}
     lc_wins: dict[str, dict[str, tuple[float, float]]] = {}
     for name in scores:
@@ -198,13 +198,15 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
             idx = torch.tensor([i for i, s in enumerate(subsets) if sub in ("all", s)], dtype=torch.long)
             if len(idx) == 0:
                 continue
-            a, b = scores[name][idx], scores["sft"][idx]
+            a, b = per_prompt[name][idx], per_prompt["sft"][idx]
             wins[name][sub] = win_rate(a, b)
-            lc_wins[name][sub] = win_rate(a - slope * lengths[name][idx], b - slope * lengths["sft"][idx])
+            lc_wins[name][sub] = win_rate(
+                a - slope * len_prompt[name][idx], b - slope * len_prompt["sft"][idx]
+            )
     results = {
         "prompts": len(items),
         "samples_per_prompt": cc.samples_per_prompt,
-        "prompt_subsets": {s: subsets.count(s) // cc.samples_per_prompt for s in sorted(set(subsets))},
+        "prompt_subsets": {s: subsets.count(s) for s in sorted(set(subsets))},
         "reward_model": str(rm_path),
         "length_slope_per_token": slope,
         "policies": stats,
@@ -216,7 +218,7 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
     atomic_write_text(out_dir / "table.md", table(results))
     plot_win_rates(results, out_dir / "win_rates.png")
     samples = []
-    for i in range(min(12, len(rows_prompts))):
+    for i in range(0, min(12 * k, len(rows_prompts)), k):  # the first reply to each of 12 prompts
         row = {"prompt": tok.decode(rows_prompts[i], skip_special=False)}
         for name in replies:
             row[name] = {

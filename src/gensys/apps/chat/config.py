@@ -43,6 +43,10 @@ class DataConfig:
     max_sft_examples: int = 0  # 0 = all (tiny runs)
     max_pref_train: int = 0  # preference pairs used for training (0 = all 2023)
     max_pref_eval: int = 0  # preference pairs scored for accuracy (0 = all 289)
+    # Pairs held out of the HH train split (seeded draw) to pick the RM's and DPO's best/ checkpoints.
+    # 0 = they are picked on the eval split itself, which then overstates what it reports; with dev pairs
+    # the eval split is only ever reported.
+    pref_dev_pairs: int = 0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.pretrain_sources) - set(PRETRAIN_SOURCES))
@@ -122,7 +126,8 @@ class PPOConfig:
 
     Reward of a response = normalised RM score - guards, spread as -kl_coef * KL per token plus the score on
     the last token. Guards against reward hacking: `missing_eos_penalty` (rambling to the length limit),
-    `repetition_coef` x share of repeated 3-grams, `length_coef` per token beyond `free_tokens`.
+    `repetition_coef` x share of repeated 3-grams, `length_coef` per token beyond `free_tokens`, and
+    `length_debias` (the RM's length preference removed from its score).
     """
 
     init_from: str = ""  # policy and reference; "" = <run_dir>/sft
@@ -151,6 +156,12 @@ class PPOConfig:
     repetition_coef: float = 1.0
     length_coef: float = 0.0
     free_tokens: int = 64
+    # A small RM can prefer short (or long) replies for their length alone; PPO then wins by writing
+    # one-word replies. With length_debias the RM's linear length preference, fitted by least squares on the
+    # SFT policy's replies to `debias_prompts` training prompts before the first update, is taken out of the
+    # score (score - slope * reply tokens), so length earns nothing either way.
+    length_debias: bool = True
+    debias_prompts: int = 64
     seed: int = 0
     device: str = "auto"  # auto: cuda if available, else cpu
     log_every: int = 1
@@ -171,6 +182,7 @@ class DPOConfig:
     init_from: str = ""  # "" = <run_dir>/sft
     beta: float = 0.1
     label_smoothing: float = 0.0
+    nll_coef: float = 0.0  # > 0: + nll_coef x the chosen reply's per-token NLL (RPO; see losses.dpo_loss)
     max_len: int = 384
     max_prompt_len: int = 256
     collapse_loss: float = 0.01  # warn when the batch loss stays below this with accuracy 1.0 ...

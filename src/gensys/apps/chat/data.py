@@ -208,14 +208,24 @@ def _hh_pair(r: dict[str, Any]) -> PreferencePair:
 
 
 def read_preference(cfg: DataConfig, split: str) -> list[PreferencePair]:
-    """Anthropic HH harmless pairs of `split` ("train" or "eval")."""
-    rel = {"train": PREF_TRAIN, "eval": PREF_EVAL}[split]
-    limit = cfg.max_pref_train if split == "train" else cfg.max_pref_eval
+    """Anthropic HH harmless pairs of `split`: "train" (less the dev pairs), "dev" (`pref_dev_pairs` drawn
+    from the train file with a fixed seed, for choosing checkpoints) or "eval"."""
+    if split not in ("train", "dev", "eval"):
+        raise ValueError(f"unknown preference split {split!r}")
+    rel = PREF_EVAL if split == "eval" else PREF_TRAIN
+    limit = cfg.max_pref_eval if split == "eval" else cfg.max_pref_train
     rows = read_jsonl(_path(cfg, rel))
     if limit > 0:
         rows = rows[:limit]
     pairs = [_hh_pair(r) for r in rows]
-    return [p for p in pairs if p.messages and p.chosen.strip() and p.rejected.strip()]
+    pairs = [p for p in pairs if p.messages and p.chosen.strip() and p.rejected.strip()]
+    if split == "eval":
+        return pairs
+    n_dev = cfg.pref_dev_pairs
+    if n_dev >= len(pairs):
+        raise DataError(f"data.pref_dev_pairs={n_dev} leaves none of {len(pairs)} train pairs to train on")
+    dev = set(random.Random(12345).sample(range(len(pairs)), n_dev)) if n_dev > 0 else set()
+    return [p for i, p in enumerate(pairs) if (i in dev) == (split == "dev")]
 
 
 def se_vote_pairs(

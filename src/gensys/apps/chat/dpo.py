@@ -5,6 +5,7 @@ loss = -log sigmoid(beta * [(log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log re
 training batch (cheaper than scoring every pair up front when a run sees fewer pairs than the set holds,
 the CPU case) and once, up front, for the held-out pairs. Logged:
 rewards/chosen and rewards/rejected (beta * log pi/ref), accuracy (chosen reward > rejected) and margins.
+With `dpo.nll_coef` > 0 the chosen reply's per-token NLL is added (RPO), so the loss is no longer pure DPO.
 A loss that collapses to ~0 with accuracy 1.0 on training batches means the policy is memorising the pairs
 (the implicit rewards grow without bound): a warning is printed and recorded in done.json.
 """
@@ -30,6 +31,7 @@ from gensys.apps.chat.common import (
 from gensys.apps.chat.config import Config, DPOConfig
 from gensys.apps.chat.data import BucketedLoader, collate_pairs, n_pairs, read_preference
 from gensys.apps.chat.reward import encode_pairs, pair_length
+from gensys.data.batching import IGNORE_INDEX
 from gensys.data.tokenizer import Tokenizer
 from gensys.train import Trainer, move_to, seed_everything
 from gensys.train.losses import dpo_loss, sequence_logprobs
@@ -94,7 +96,17 @@ def dpo_step_loss(
     else:
         with torch.no_grad():
             rc, rr = pair_logprobs(ref, batch)
-    out = dpo_loss(pc, pr, rc, rr, beta=dc.beta, label_smoothing=dc.label_smoothing)
+    chosen_tokens = (batch["labels"][: batch["n_pairs"]] != IGNORE_INDEX).sum(dim=1)  # (B,)
+    out = dpo_loss(
+        pc,
+        pr,
+        rc,
+        rr,
+        beta=dc.beta,
+        label_smoothing=dc.label_smoothing,
+        nll_coef=dc.nll_coef,
+        chosen_tokens=chosen_tokens,
+    )
     margins = out.chosen_rewards - out.rejected_rewards
     acc = float((margins > 0).float().mean())
     if watch is not None and model.training:
@@ -109,8 +121,10 @@ def dpo_step_loss(
 
 
 @torch.no_grad()
-def evaluate_dpo(model: nn.Module, items: list[dict[str, Any]], pad_id: int, dc: DPOConfig, bs: int) -> dict:
-    """DPO loss and implicit-reward figures on held-out pairs (pairs weighted equally)."""
+def evaluate_dpo(
+    model: nn.Module, items: list[dict[str, Any]], pad_id: int, dc: DPOConfig, bs: int, prefix: str = "val_"
+) -> dict:
+    """DPO loss and implicit-reward figures on held-out pairs (pairs weighted equally), keys `prefix`*."""
     device = next(model.parameters()).device
     total, n, sums = 0.0, 0, {"rewards/chosen": 0.0, "rewards/rejected": 0.0, "rewards/accuracy": 0.0}
     for s in range(0, len(items), bs):
@@ -120,9 +134,9 @@ def evaluate_dpo(model: nn.Module, items: list[dict[str, Any]], pad_id: int, dc:
         n += k
         for key in sums:
             sums[key] += m[key] * k
-    out = {"val_loss": total / n}
-    out.update({"val_" + k.replace("rewards/", "reward_"): v / n for k, v in sums.items()})
-    out["val_reward_margin"] = out["val_reward_chosen"] - out["val_reward_rejected"]
+    out = {prefix + "loss": total / n}
+    out.update({prefix + k.replace("rewards/", "reward_"): v / n for k, v in sums.items()})
+    out[prefix + "reward_margin"] = out[prefix + "reward_chosen"] - out[prefix + "reward_rejected"]
     return out
 
 
@@ -134,12 +148,26 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
     encode = partial(encode_pairs, tok, max_len=dc.max_len, max_prompt_len=dc.max_prompt_len)
     train = encode(read_preference(cfg.data, "train"))
     evals = encode(read_preference(cfg.data, "eval"))
+    devs = encode(read_preference(cfg.data, "dev"))  # empty unless data.pref_dev_pairs > 0
     seed_everything(cfg.seed)
     ref, _ = load_lm(init, resolve_device(tcfg.device))
     for p in ref.parameters():
         p.requires_grad_(False)
-    log(f"dpo: from {init}; beta {dc.beta}; {len(train)} train pairs, {len(evals)} held-out pairs")
+    log(
+        f"dpo: from {init}; beta {dc.beta}; {len(train)} train pairs, {len(devs)} dev pairs (checkpoint "
+        f"choice), {len(evals)} held-out eval pairs"
+    )
     add_reference_logprobs(ref, evals, tok.pad_id, tcfg.micro_batch_size)
+    if devs:
+        add_reference_logprobs(ref, devs, tok.pad_id, tcfg.micro_batch_size)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        """val_* (what picks best/): the dev pairs if any, else the eval split; eval_*: the eval split."""
+        out = evaluate_dpo(m, devs or evals, tok.pad_id, dc, tcfg.micro_batch_size)
+        if devs:
+            out.update(evaluate_dpo(m, evals, tok.pad_id, dc, tcfg.micro_batch_size, prefix="eval_"))
+        return out
+
     model, _ = load_lm(init)
     watch = CollapseWatch(dc.collapse_loss, dc.collapse_patience)
     collate = partial(collate_pairs, pad_id=tok.pad_id)
@@ -149,7 +177,7 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
         tcfg,
         train_data=loader,
         loss_fn=partial(dpo_step_loss, dc=dc, ref=ref, watch=watch),
-        eval_fn=lambda m: evaluate_dpo(m, evals, tok.pad_id, dc, tcfg.micro_batch_size),
+        eval_fn=eval_fn,
         token_count_fn=n_pairs,
         tokenizer=tok,
     )
@@ -162,12 +190,16 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
         "final_train_loss": summary["loss"],
         "train_rewards_accuracy_last": last_value(summary["metrics"], "rewards/accuracy"),
         "train_rewards_margins_last": last_value(summary["metrics"], "rewards/margins"),
+        "dev_pairs": len(devs),
         **{
             k: last_value(summary["metrics"], k)
             for k in ("val_loss", "val_reward_accuracy", "val_reward_margin")
         },
         "overfit_warning_at_batch": watch.warned_at,
     }
+    if devs:
+        for k in ("eval_loss", "eval_reward_accuracy", "eval_reward_margin"):
+            figures[k] = last_value(summary["metrics"], k)
     log(
         f"dpo: held-out loss {figures['val_loss']:.4f}, "
         f"reward accuracy {figures['val_reward_accuracy']:.3f}, margin {figures['val_reward_margin']:.3f}"

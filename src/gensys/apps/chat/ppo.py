@@ -6,8 +6,10 @@ Per iteration:
    one forward pass of the policy (log-probs, values), of the frozen reference (log-probs) and of the reward
    model (a score per reply);
 2. rewards: per reply token r_t = -kl_coef * (log pi - log ref); the last token also gets the shaped score =
-   normalised RM score - missing_eos_penalty [reply cut at max_new_tokens] - repetition_coef * share of
-   repeated 3-grams - length_coef * tokens beyond free_tokens (the reward-hacking guards);
+   normalised (RM score - length_slope * reply tokens) - missing_eos_penalty [reply cut at max_new_tokens]
+   - repetition_coef * share of repeated 3-grams - length_coef * tokens beyond free_tokens (the
+   reward-hacking guards; length_slope is the RM's own length preference, fitted on SFT replies before the
+   first update when `length_debias` is on, else 0);
 3. GAE advantages (whitened) and returns;
 4. `ppo_epochs` passes over the batch in minibatches: clipped policy loss + vf_coef * clipped value loss.
 
@@ -31,6 +33,7 @@ from torch import Tensor, nn
 from gensys.apps.chat.common import (
     end_ids,
     init_checkpoint,
+    length_slope,
     load_lm,
     load_reward_model,
     log,
@@ -130,7 +133,12 @@ class ScoreNorm:
 
 
 def shaped_scores(
-    raw: Tensor, replies: list[list[int]], stops: list[int], pc: PPOConfig, norm: ScoreNorm
+    raw: Tensor,
+    replies: list[list[int]],
+    stops: list[int],
+    pc: PPOConfig,
+    norm: ScoreNorm,
+    length_slope: float = 0.0,
 ) -> tuple[Tensor, dict[str, float]]:
     """Score on each reply's last token after normalisation and the reward-hacking guards (B,)."""
     bodies = [strip_end(r, stops) for r in replies]
@@ -138,13 +146,14 @@ def shaped_scores(
     rep = torch.tensor([repeated_ngram_share(b) for b, _ in bodies], dtype=torch.float32)
     lengths = torch.tensor([len(b) for b, _ in bodies], dtype=torch.float32)
     shaped = (
-        norm(raw)
+        norm(raw - length_slope * lengths)
         - pc.missing_eos_penalty * (1.0 - ended)
         - pc.repetition_coef * rep
         - pc.length_coef * (lengths - pc.free_tokens).clamp_min(0)
     )
     stats = {
         "rm_score": float(raw.mean()),
+        "rm_score_length_debiased": float((raw - length_slope * lengths).mean()),
         "shaped_score": float(shaped.mean()),
         "reply_len": float(lengths.mean()),
         "eos_rate": float(ended.mean()),
@@ -164,6 +173,7 @@ def make_rollout(
     kl_coef: float,
     norm: ScoreNorm,
     generator: torch.Generator,
+    length_slope: float = 0.0,
 ) -> Rollout:
     """Sample replies and compute log-probs, values, rewards, advantages and returns."""
     device = next(policy.parameters()).device
@@ -193,7 +203,7 @@ def make_rollout(
     del logits, ref_logits
 
     raw = score(rm, [scoring_ids(tok, p, r) for p, r in zip(prompts, replies)], tok.pad_id).to(device)
-    shaped, stats = shaped_scores(raw.cpu(), replies, end_ids(tok), pc, norm)
+    shaped, stats = shaped_scores(raw.cpu(), replies, end_ids(tok), pc, norm, length_slope)
     kl = kl_penalty(logp, ref_logp, "k1") * r_mask  # (B, Tn)
     rewards = -kl_coef * kl
     last = r_mask.long().sum(1) - 1  # (B,) index of each reply's last token
@@ -306,6 +316,33 @@ def plot_curves(metrics_path: Path, png_path: Path) -> None:
     plt.close(fig)
 
 
+@torch.no_grad()
+def fit_length_slope(
+    lm: DecoderLM,
+    rm: RewardModel,
+    tok: Tokenizer,
+    prompts: list[list[int]],
+    pc: PPOConfig,
+    generator: torch.Generator,
+) -> float:
+    """The RM's score per reply token (least squares) over replies the policy samples for `prompts`."""
+    replies: list[list[int]] = []
+    for s in range(0, len(prompts), pc.rollout_batch):
+        replies += sample_replies(
+            lm,
+            tok,
+            prompts[s : s + pc.rollout_batch],
+            max_new_tokens=pc.max_new_tokens,
+            temperature=pc.temperature,
+            top_k=pc.top_k,
+            generator=generator,
+        )
+    raw = score(rm, [scoring_ids(tok, p, r) for p, r in zip(prompts, replies)], tok.pad_id).cpu()
+    stops = end_ids(tok)
+    lengths = torch.tensor([len(strip_end(r, stops)[0]) for r in replies], dtype=torch.float32)
+    return length_slope(raw, lengths)
+
+
 def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
     """Optimise the SFT policy against the reward model with PPO; writes ppo/last (decoder_lm checkpoint)."""
     pc = cfg.ppo
@@ -330,6 +367,7 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
     norm = ScoreNorm(pc.normalize_score)
     kl_coef = pc.kl_coef
     start = 0
+    slope = 0.0
     state = load_train_state(out_dir / "last")
     if state is not None:  # resume: weights, value head, optimizer, controller and normaliser state
         load_state_dict_verified(policy.lm, out_dir / "last")
@@ -338,7 +376,14 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
         restore_rng_state(state["rng"])
         start, kl_coef = int(state["iteration"]), float(state["kl_coef"])
         norm = ScoreNorm(pc.normalize_score, state["score_mean"], state["score_std"])
+        slope = float(state.get("length_slope", 0.0))
         log(f"ppo: resuming at iteration {start}")
+    elif pc.length_debias:
+        # Prompts apart from iteration 0's draw (another seed), sampled from the SFT policy before any update.
+        fit_prompts = batch_prompts(pool, 0, pc.debias_prompts, pc.seed + 1)
+        gen = torch.Generator(device=device).manual_seed(pc.seed * 1_000_003 - 1)
+        slope = fit_length_slope(lm, rm, tok, fit_prompts, pc, gen)
+        log(f"ppo: RM length preference {slope:+.5f}/reply token ({len(fit_prompts)} SFT replies): removed")
     metrics = MetricsLog(out_dir / "metrics.jsonl")
     if state is None:
         (out_dir / "metrics.jsonl").unlink(missing_ok=True)
@@ -355,6 +400,7 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
             "kl_coef": kl_coef,
             "score_mean": norm.mean,
             "score_std": norm.std,
+            "length_slope": slope,
         }
         config = {
             "family": "decoder_lm",
@@ -370,7 +416,7 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
         gen = torch.Generator(device=device).manual_seed(pc.seed * 1_000_003 + it)
         policy.eval()
         prompts = batch_prompts(pool, it, pc.rollout_batch, pc.seed)
-        ro = make_rollout(policy, ref, rm, tok, prompts, pc, kl_coef, norm, gen)
+        ro = make_rollout(policy, ref, rm, tok, prompts, pc, kl_coef, norm, gen, slope)
         upd = ppo_update(policy, opt, ro, pc, torch.Generator().manual_seed(pc.seed + it))
         record = {"step": it + 1, **ro.stats, **upd, "kl_coef": kl_coef, "sec": time.perf_counter() - t0}
         kl_coef = adapt_kl(kl_coef, ro.stats["kl"], pc.kl_target)
@@ -392,7 +438,8 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
     k = max(1, min(5, len(rec) // 2))
 
     def avg(rows: list[dict[str, Any]], key: str) -> float:
-        return sum(r[key] for r in rows) / len(rows) if rows else math.nan
+        vals = [r[key] for r in rows if key in r]  # a run resumed from an older version may lack a key
+        return sum(vals) / len(vals) if vals else math.nan
 
     figures = {
         "init_from": str(init),
@@ -406,6 +453,9 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
         f"eos_rate_last{k}": avg(rec[-k:], "eos_rate"),
         f"repetition_last{k}": avg(rec[-k:], "repetition"),
         "final_kl_coef": kl_coef,
+        "length_slope_removed": slope,
+        f"rm_score_length_debiased_first{k}": avg(rec[:k], "rm_score_length_debiased"),
+        f"rm_score_length_debiased_last{k}": avg(rec[-k:], "rm_score_length_debiased"),
         "seconds_this_run": round(time.perf_counter() - t_start, 1),
     }
     mark_done(cfg, "ppo", figures)

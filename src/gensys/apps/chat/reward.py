@@ -22,6 +22,7 @@ from gensys.apps.chat.common import (
     init_checkpoint,
     last_value,
     load_lm,
+    load_reward_model,
     log,
     mark_done,
     stage_dir,
@@ -118,6 +119,7 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
     init = init_checkpoint(cfg, "reward", rc.init_from)
     train_pairs = read_preference(cfg.data, "train")
     eval_pairs = read_preference(cfg.data, "eval")
+    dev_pairs = read_preference(cfg.data, "dev")  # empty unless data.pref_dev_pairs > 0
     se_train: list[PreferencePair] = []
     se_eval: list[PreferencePair] = []
     if rc.se_pairs > 0:
@@ -125,10 +127,12 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
     encode = partial(encode_pairs, tok, max_len=rc.max_len, max_prompt_len=rc.max_prompt_len)
     train = encode(train_pairs + se_train)
     evals = encode(eval_pairs)
+    devs = encode(dev_pairs) if dev_pairs else []
     se_evals = encode(se_eval) if se_eval else []
     log(
         f"reward: from {init}; {len(train_pairs)} HH + {len(se_train)} Stack Exchange train pairs, "
-        f"{len(evals)} HH eval pairs, loss {rc.loss} (margin {rc.margin})"
+        f"{len(devs)} HH dev pairs (checkpoint choice), {len(evals)} HH eval pairs, loss {rc.loss} "
+        f"(margin {rc.margin})"
     )
     seed_everything(cfg.seed)
     model, _ = build_reward_model(init)
@@ -137,7 +141,18 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
         res = evaluate_pairs(m, evals, tok.pad_id, tcfg.micro_batch_size)
-        out = {"val_accuracy": res["accuracy"], "val_loss": res["bt_loss"], "val_score_gap": res["score_gap"]}
+        if devs:  # val_* (what picks best/) on the dev pairs; the eval split is reported as eval_*
+            dev = evaluate_pairs(m, devs, tok.pad_id, tcfg.micro_batch_size)
+            out = {
+                "val_accuracy": dev["accuracy"],
+                "val_loss": dev["bt_loss"],
+                "eval_accuracy": res["accuracy"],
+                "eval_loss": res["bt_loss"],
+                "eval_score_gap": res["score_gap"],
+            }
+        else:
+            out = {"val_accuracy": res["accuracy"], "val_loss": res["bt_loss"]}
+            out["val_score_gap"] = res["score_gap"]
         if se_evals:
             out["val_se_accuracy"] = evaluate_pairs(m, se_evals, tok.pad_id, tcfg.micro_batch_size)[
                 "accuracy"
@@ -155,13 +170,15 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
         tokenizer=tok,
     )
     summary = trainer.fit()
+    eval_key = "eval_accuracy" if devs else "val_accuracy"
     figures = {
         "init_from": str(init),
         "steps": trainer.step,
         "train_pairs_hh": len(train_pairs),
         "train_pairs_se": len(se_train),
+        "dev_pairs": len(devs),
         "eval_pairs": len(evals),
-        "eval_accuracy_last": last_value(summary["metrics"], "val_accuracy"),
+        "eval_accuracy_last": last_value(summary["metrics"], eval_key),
         f"best_val_{tcfg.early_stop_metric.removeprefix('val_')}": summary["best_metric"],
         "final_train_loss": summary["loss"],
         # what a reward model must beat: "the shorter reply is the better one" on the same eval pairs
@@ -169,12 +186,23 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
             [1] * len(eval_pairs), [int(len(p.chosen) < len(p.rejected)) for p in eval_pairs]
         ),
     }
+    if devs and summary.get("best"):
+        # The checkpoint PPO and the comparison use, scored on pairs that played no part in choosing it.
+        best_rm, _ = load_reward_model(summary["best"], next(model.parameters()).device)
+        figures["eval_accuracy_best"] = evaluate_pairs(best_rm, evals, tok.pad_id, tcfg.micro_batch_size)[
+            "accuracy"
+        ]
     if se_evals:
         figures["eval_se_accuracy_last"] = last_value(summary["metrics"], "val_se_accuracy")
         figures["eval_se_pairs"] = len(se_evals)
     atomic_write_text(stage_dir(cfg, "reward") / "eval.json", json.dumps(figures, indent=2) + "\n")
+    best_note = (
+        f"checkpoint chosen on dev: {figures['eval_accuracy_best']:.3f}"
+        if "eval_accuracy_best" in figures
+        else f"best {summary['best_metric']}, chosen on eval itself"
+    )
     log(
-        f"reward: eval accuracy {figures['eval_accuracy_last']:.3f} (best {summary['best_metric']}; "
+        f"reward: eval accuracy {figures['eval_accuracy_last']:.3f} at the last step ({best_note}; "
         f"shorter-reply baseline {figures['eval_accuracy_shorter_baseline']:.3f})"
     )
     mark_done(cfg, "reward", figures)

@@ -194,6 +194,9 @@ class LengthBuckets(Sequence):
             chunk = sorted(order[s : s + span], key=lambda i: len(examples[i][0]))
             for b in range(0, len(chunk), batch_size):
                 self.batches.append([examples[i] for i in chunk[b : b + batch_size]])
+        # Batches leave each pool shortest first; shuffled, any first k of them (the trainer's `eval_steps`
+        # dev batches) are a fair sample rather than the shortest emails, whose perplexity is half the rest.
+        random.Random(seed + 1).shuffle(self.batches)
 
     def __len__(self) -> int:
         return len(self.batches)

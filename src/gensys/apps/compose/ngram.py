@@ -197,7 +197,9 @@ class NgramBackend:
             lead = it.tail[: len(it.tail) - len(partial)]
             cands = []
             for words, score, ended in self.complete(it.prefix, partial):
-                text = lead + " ".join(words) if lead or partial else " " + " ".join(words)
+                # The words follow the tail; with no tail, a space, except at a line start (prompt ends "\n").
+                sep = "" if lead or partial or it.prefix[-1:].isspace() else " "
+                text = lead + sep + " ".join(words)
                 cands.append(Candidate(text, math.exp(score), ended))
             out.append(cands)
         return out

@@ -130,7 +130,7 @@ def finish_candidate(
             return Finished(None, "too_long_word")  # even the word being typed is unfinished
         rest = rest[: max(rest.rfind(" "), 0)]
     rest = re.sub(r" {2,}", " ", rest).rstrip()
-    if tail and tail[-1].isspace():
+    if (prefix + tail)[-1:].isspace():  # after a space or at a line start, no leading space is shown
         rest = rest.lstrip(" ")
     if not rest.strip():
         return Finished(None, "empty")

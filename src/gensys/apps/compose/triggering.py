@@ -4,7 +4,7 @@ Most keystrokes should not cost a model call. A request triggers only when the c
 at a word boundary or inside a plain word, after enough typed words, and outside quoted replies, forwarded
 messages and signatures. The text before the cursor is split into a stable `prefix` (what the prompt holds)
 and a `tail` (trailing whitespace + the half-typed word) that the suggestion must start with, so the prompt
-always ends at a word end, as in training, whatever the cursor position.
+always ends at a word end or a line break, as in training, whatever the cursor position.
 """
 
 from __future__ import annotations
@@ -124,6 +124,11 @@ def decide(req: Request, cfg: SuggestConfig) -> Decision:
     assert m is not None  # the pattern matches the empty string
     space, partial = m.group(1), m.group(2)
     prefix = before[: m.start()]
+    if "\n" in space:
+        # A line break belongs to the prompt: the next line starts a new pre-token in training too ("?\nI"
+        # is "?", "\n", "I"), while a tail of "\n" would make every candidate end at once at the newline stop.
+        cut = space.rfind("\n") + 1
+        prefix, space = prefix + space[:cut], space[cut:]
     if len(prefix.split()) < max(1, cfg.min_prefix_words):
         # Too little typed to condition on (a half-typed first word does not count).
         return Decision(False, "too_short")
