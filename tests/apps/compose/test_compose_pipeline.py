@@ -91,6 +91,8 @@ def test_eval_writes_report_table_and_plot(trained, capsys):
         assert m["em@1"] >= m["em@3"] >= m["em@5"]
         assert report["systems"][name]["latency_ms_all_requests"]["p90"] > 0
     assert (out / "em_vs_trigger.png").stat().st_size > 1000
+    points = [json.loads(x) for x in (out / "points_transformer.jsonl").read_text().splitlines()]
+    assert points and {"email", "email_id", "cursor", "suggestion", "confidence", "reason"} <= set(points[0])
     assert "| transformer | same rate (test)" in capsys.readouterr().out
 
 

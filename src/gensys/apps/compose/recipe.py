@@ -255,6 +255,9 @@ def eval_main(argv: list[str]) -> int:
             "seconds": time.perf_counter() - t1,
         }
         curves[name] = ev.sweep(test_points, test, rates, cfg.eval.max_n)
+        # Every scored cursor (before any threshold), so later analyses need no new 20-minute walk.
+        rows = [dataclasses.asdict(pt) | {"email_id": test[pt.email].id} for pt in test_points]
+        atomic_write_text(out / f"points_{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         if name == "transformer" and args.write_calibration:
             _write_calibration(Path(args.ckpt), thr, rate, len(dev))
         _log(f"{name}: done in {time.perf_counter() - t1:.0f} s")
