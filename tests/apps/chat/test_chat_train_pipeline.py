@@ -82,7 +82,8 @@ def test_every_stage_finished_and_wrote_its_figures(run):
         assert all(key in r for r in ppo_log), key
     # The length guard fitted the RM's length preference before the first update and removed it.
     slope = results["ppo"]["length_slope_removed"]
-    assert math.isfinite(slope)  # 0.0 here, where every tiny reply runs to max_new_tokens
+    # 0.0 here, where every tiny reply runs to max_new_tokens; test_chat_train_units checks a non-zero slope
+    assert math.isfinite(slope)
     for r in ppo_log:
         expected = r["rm_score"] - slope * r["reply_len"]
         assert r["rm_score_length_debiased"] == pytest.approx(expected, abs=1e-4)
@@ -116,6 +117,10 @@ def test_reward_model_ranks_chosen_above_rejected(run):
     assert results["reward"]["train_pairs_se"] == 4 and results["reward"]["eval_se_pairs"] == 1
     # best/ was chosen on dev pairs carved out of train (tiny.yaml: 4), the eval split only reported
     assert results["reward"]["dev_pairs"] == 4
+    train, dev = read_preference(cfg.data, "train"), read_preference(cfg.data, "dev")
+    everything = read_preference(dataclasses.replace(cfg.data, pref_dev_pairs=0), "train")
+    assert len(dev) == 4 and len(train) + 4 == len(everything)
+    assert sorted(map(repr, train + dev)) == sorted(map(repr, everything))  # a partition of the train file
     assert 0.0 <= results["reward"]["eval_accuracy_best"] <= 1.0
     assert 0.0 <= results["reward"]["eval_se_accuracy_last"] <= 1.0
     rm, tok = load_reward_model(stage_checkpoint(cfg, "reward"))

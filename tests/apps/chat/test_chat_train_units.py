@@ -14,12 +14,28 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).parent))
 from chat_train_testdata import WORDS  # noqa: E402
 
-from gensys.apps.chat.common import length_slope, repeated_ngram_share  # noqa: E402
+from gensys.apps.chat.common import (  # noqa: E402
+    end_ids,
+    length_slope,
+    repeated_ngram_share,
+    sample_replies,
+    score,
+    scoring_ids,
+    strip_end,
+)
 from gensys.apps.chat.compare import win_rate  # noqa: E402
 from gensys.apps.chat.config import PPOConfig  # noqa: E402
 from gensys.apps.chat.data import BucketedLoader, collate_lm  # noqa: E402
 from gensys.apps.chat.dpo import CollapseWatch  # noqa: E402
-from gensys.apps.chat.ppo import PolicyWithValue, Rollout, ScoreNorm, ppo_update, shaped_scores  # noqa: E402
+from gensys.apps.chat.ppo import (  # noqa: E402
+    PolicyWithValue,
+    Rollout,
+    ScoreNorm,
+    fit_length_slope,
+    make_rollout,
+    ppo_update,
+    shaped_scores,
+)
 from gensys.apps.chat.recipe import load_chat_config  # noqa: E402
 from gensys.apps.chat.template import (  # noqa: E402
     parse_hh_dialogue,
@@ -31,6 +47,7 @@ from gensys.config import ConfigError  # noqa: E402
 from gensys.data.batching import IGNORE_INDEX, pad_batch  # noqa: E402
 from gensys.data.tokenizer import train_bpe  # noqa: E402
 from gensys.models.decoder_lm import DecoderLM, llama_config  # noqa: E402
+from gensys.models.heads import RewardConfig, RewardModel  # noqa: E402
 from gensys.serve.lm_chat import LMChat  # noqa: E402
 from gensys.train import lm_loss  # noqa: E402
 from gensys.train.losses import token_logprobs  # noqa: E402
@@ -236,6 +253,44 @@ def test_reward_shaping_guards():
     norm = ScoreNorm(True)
     assert torch.allclose(norm(torch.tensor([1.0, 3.0])), torch.tensor([-0.7071, 0.7071]), atol=1e-4)
     assert norm(torch.tensor([5.0])).item() == pytest.approx((5.0 - 2.0) / 2**0.5, rel=1e-4)  # stats frozen
+
+
+def test_length_guard_fits_the_rm_slope_and_takes_it_out_of_the_score(tok):
+    # A policy whose final norm is zeroed samples uniformly, so <|end|>/<eos> end replies at random lengths
+    # and the fitted slope is a real, non-zero number (the tiny pipeline's replies all hit the token limit).
+    policy = PolicyWithValue(tiny_lm(tok.vocab_size, seed=1))
+    with torch.no_grad():
+        policy.lm.norm.weight.zero_()
+    ref = tiny_lm(tok.vocab_size, seed=2)
+    torch.manual_seed(3)
+    rm = RewardModel(RewardConfig(lm=ref.cfg)).eval()
+    prompts = [render_prompt(tok, [{"role": "user", "content": f"Say {w}"}], 40) for w in WORDS[:16]]
+    pc = PPOConfig(
+        rollout_batch=8,
+        minibatch=4,
+        max_new_tokens=300,
+        normalize_score=False,
+        missing_eos_penalty=0.0,  # only the length guard shapes the score here
+        repetition_coef=0.0,
+    )
+    slope = fit_length_slope(policy.lm, rm, tok, prompts, pc, torch.Generator().manual_seed(5))
+    # The same draw by hand: the slope of RM score on reply tokens without <|end|>.
+    replies = []
+    gen = torch.Generator().manual_seed(5)
+    for s in range(0, len(prompts), 8):
+        replies += sample_replies(policy.lm, tok, prompts[s : s + 8], max_new_tokens=300, temperature=1.0,
+                                  generator=gen)  # fmt: skip
+    lengths = torch.tensor([float(len(strip_end(r, end_ids(tok))[0])) for r in replies])
+    assert lengths.std() > 0
+    raw = score(rm, [scoring_ids(tok, p, r) for p, r in zip(prompts, replies)], tok.pad_id)
+    assert slope == pytest.approx(length_slope(raw, lengths)) and slope != 0.0
+    # The rollout shapes with it: the debiased score is the RM score minus slope x tokens.
+    ro = make_rollout(
+        policy, ref, rm, tok, prompts[:8], pc, 0.0, ScoreNorm(False), torch.Generator().manual_seed(7), 0.5
+    )
+    st = ro.stats
+    assert st["rm_score_length_debiased"] == pytest.approx(st["rm_score"] - 0.5 * st["reply_len"], abs=1e-5)
+    assert st["shaped_score"] == pytest.approx(st["rm_score_length_debiased"], abs=1e-5)
 
 
 # ---- DPO, comparison --------------------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
     encode = partial(encode_pairs, tok, max_len=rc.max_len, max_prompt_len=rc.max_prompt_len)
     train = encode(train_pairs + se_train)
     evals = encode(eval_pairs)
-    devs = encode(dev_pairs) if dev_pairs else []
+    devs = encode(dev_pairs)
     se_evals = encode(se_eval) if se_eval else []
     log(
         f"reward: from {init}; {len(train_pairs)} HH + {len(se_train)} Stack Exchange train pairs, "
@@ -140,19 +140,12 @@ def run(cfg: Config, tok: Tokenizer) -> dict[str, Any]:
     loader = BucketedLoader(train, tcfg.micro_batch_size, collate, pair_length, seed=cfg.seed)
 
     def eval_fn(m: nn.Module) -> dict[str, float]:
+        # val_* (what picks best/): the dev pairs if any, else the eval split; eval_*: the eval split.
         res = evaluate_pairs(m, evals, tok.pad_id, tcfg.micro_batch_size)
-        if devs:  # val_* (what picks best/) on the dev pairs; the eval split is reported as eval_*
-            dev = evaluate_pairs(m, devs, tok.pad_id, tcfg.micro_batch_size)
-            out = {
-                "val_accuracy": dev["accuracy"],
-                "val_loss": dev["bt_loss"],
-                "eval_accuracy": res["accuracy"],
-                "eval_loss": res["bt_loss"],
-                "eval_score_gap": res["score_gap"],
-            }
-        else:
-            out = {"val_accuracy": res["accuracy"], "val_loss": res["bt_loss"]}
-            out["val_score_gap"] = res["score_gap"]
+        sel = evaluate_pairs(m, devs, tok.pad_id, tcfg.micro_batch_size) if devs else res
+        out = {f"val_{k}": sel[k] for k in ("accuracy", "score_gap")} | {"val_loss": sel["bt_loss"]}
+        if devs:
+            out |= {f"eval_{k}": res[k] for k in ("accuracy", "score_gap")} | {"eval_loss": res["bt_loss"]}
         if se_evals:
             out["val_se_accuracy"] = evaluate_pairs(m, se_evals, tok.pad_id, tcfg.micro_batch_size)[
                 "accuracy"
