@@ -6,8 +6,12 @@ Three runs over the same requests, interleaved per email so load from other proc
 
 - `cached`:    one user, `draft_id` set (each request runs the model on the new tokens only);
 - `stateless`: one user, no `draft_id` (every request recomputes the whole prompt): the reference;
-- `8 users`:   8 threads, each typing its own emails with its own draft id, `--think-ms` between requests;
-               the latency is the client-side wall time of each call (queueing on the shared cores included).
+- `8 users`:   8 simulated users, each typing its own emails with its own draft id, `--think-ms` between
+               requests, through the server's dynamic batcher (`gensys.serve.batching.DynamicBatcher`, the
+               serve config's 5 ms window): requests that arrive together run as one `suggest_batch`, whose
+               drafts decode as one batch on their stacked caches. The latency is the client-side wall time
+               of each request (waiting in the queue and for the batch included). `--no-batching` runs the
+               same users as 8 threads calling the predictor one request at a time (the reference).
 
 Latency is client-side wall time per `suggest` call, triggered or not; the confidence threshold is 0 so the
 phrase generator runs on every request that passes the trigger rules. One torch thread (see `--threads`).
@@ -16,6 +20,7 @@ jobs the wall time mostly measures waiting for a core, the CPU time what a reque
 
     .venv/bin/python benchmarks/bench_compose.py                  # models/compose, 20 emails
     .venv/bin/python benchmarks/bench_compose.py --quick          # 4 emails, smoke run
+    .venv/bin/python benchmarks/bench_compose.py --no-batching    # + the 8 users without batching
 
 Target (issue 8): p90 <= 60 ms single request with the cache; <= 100 ms at 8 concurrent users.
 """
@@ -23,6 +28,7 @@ Target (issue 8): p90 <= 60 ms single request with the cache; <= 100 ms at 8 con
 from __future__ import annotations
 
 import argparse
+import asyncio
 import threading
 import time
 from pathlib import Path
@@ -34,6 +40,7 @@ from gensys.apps.compose.data import read_split
 from gensys.apps.compose.evaluate import word_boundaries
 from gensys.apps.compose.predictor import ComposePredictor, load_predictor
 from gensys.data.readers import data_path
+from gensys.serve.batching import DynamicBatcher
 
 
 def requests_for(email, limit: int) -> list[dict]:
@@ -76,6 +83,7 @@ def single(pred: ComposePredictor, emails, limit: int) -> dict[str, list[float]]
 
 
 def concurrent(pred: ComposePredictor, emails, limit: int, users: int, think_ms: float) -> list[float]:
+    """Users as threads calling the predictor directly, one request per call (no batching)."""
     lat: list[float] = []
     lock = threading.Lock()
 
@@ -98,6 +106,33 @@ def concurrent(pred: ComposePredictor, emails, limit: int, users: int, think_ms:
     return lat
 
 
+def concurrent_batched(
+    pred: ComposePredictor, emails, limit: int, users: int, think_ms: float, window_ms: float
+) -> tuple[list[float], float]:
+    """Users as coroutines submitting to the server's dynamic batcher; (latencies, mean batch size)."""
+    batcher = DynamicBatcher("compose", pred.suggest_batch, max_batch=16, window_s=window_ms / 1000.0)
+    lat: list[float] = []
+
+    async def user(u: int) -> None:
+        for i in range(u, len(emails), users):
+            draft = f"bench-batched{u}-{i}"
+            for req in requests_for(emails[i], limit):
+                t0 = time.perf_counter()
+                await batcher.submit({**req, "draft_id": draft}, timeout=60)
+                lat.append((time.perf_counter() - t0) * 1000.0)
+                await asyncio.sleep(think_ms / 1000.0)
+            pred.end_draft(draft)
+
+    async def run_all() -> None:
+        await asyncio.gather(*(user(u) for u in range(users)))
+
+    try:
+        asyncio.run(run_all())
+    finally:
+        batcher.close()
+    return lat, batcher.items / max(1, batcher.batches)
+
+
 def pct(xs: list[float]) -> str:
     if not xs:
         return "n/a"
@@ -115,6 +150,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--beams", type=int, default=None, help="override suggest.num_beams")
     ap.add_argument("--new-tokens", type=int, default=None, help="override suggest.max_new_tokens")
+    ap.add_argument("--window-ms", type=float, default=5.0, help="dynamic batching window (serve config)")
+    ap.add_argument("--no-batching", action="store_true", help="also run the users as unbatched threads")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
@@ -127,7 +164,12 @@ def main() -> None:
     pred.suggest("Warm up the model ", subject="x")
 
     lat = single(pred, emails, args.boundaries)
-    multi = concurrent(pred, emails, args.boundaries, args.users, args.think_ms)
+    multi, mean_batch = concurrent_batched(
+        pred, emails, args.boundaries, args.users, args.think_ms, args.window_ms
+    )
+    unbatched: list[float] = []
+    if args.no_batching:
+        unbatched = concurrent(pred, emails, args.boundaries, args.users, args.think_ms)
     cfg = pred.cfg
     print(
         f"checkpoint {args.ckpt}: beams {cfg.num_beams}, max_new_tokens {cfg.max_new_tokens}, "
@@ -139,8 +181,12 @@ def main() -> None:
     print(f"| stateless (reference), all requests | {pct(lat['stateless'])} |")
     print(f"| cached, requests that ran the model | {pct(lat['cached_model'])} |")
     print(f"| stateless, requests that ran the model | {pct(lat['stateless_model'])} |")
-    print(f"| {args.users} users cached, think {args.think_ms:.0f} ms | {pct(multi)} |")
+    print(f"| {args.users} users cached, think {args.think_ms:.0f} ms, dynamic batching | {pct(multi)} |")
+    if unbatched:
+        name = f"{args.users} users cached, think {args.think_ms:.0f} ms, one request per call"
+        print(f"| {name} | {pct(unbatched)} |")
     print(f"| CPU time (not wall) of cached model requests | {pct(lat['cpu_cached_model'])} |")
+    print(f"dynamic batching: {mean_batch:.2f} requests per suggest_batch call on average")
     if lat["cached_model"] and lat["stateless_model"]:
         ratio = np.percentile(lat["stateless_model"], 90) / np.percentile(lat["cached_model"], 90)
         print(f"p90 speed-up of the cache over recomputation (model requests): {ratio:.2f}x")

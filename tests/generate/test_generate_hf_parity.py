@@ -225,3 +225,23 @@ def test_sampling_matches_hf_draw_for_draw(pair, knobs):
         output_scores=True, **{k: v for k, v in knobs.items() if k != "top_k"},
     )  # fmt: skip
     _assert_same(ref, out, beam=False)
+
+
+@pytest.mark.parametrize("case", ["beam4_nbest", "beam3_lp_early", "beam4_never_nbest"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_beam_search_on_a_shared_prompt_cache_matches_hf(pair, case, padded, monkeypatch):
+    """The beams' shared prompt keys/values (KVCache.expand(share_prefix=True), used for long prompts) are
+    forced on for these short ones: still HF's tokens and scores, with and without left padding."""
+    import gensys.generate.stepper as stepper_mod
+
+    monkeypatch.setattr(stepper_mod, "SHARE_PREFIX_MIN_TOKENS", 0)
+    hf, ours, prompts, common = pair
+    ids, mask = prompts.clone(), torch.ones_like(prompts)
+    if padded:
+        ids[0, :3], mask[0, :3] = PAD, 0
+    cfg = GenerationConfig(
+        **{**CASES[case], "no_repeat_ngram_size": None}, eos_token_id=common[0], pad_token_id=PAD
+    )
+    out = generate(ours, ids, mask, config=cfg, output_scores=True)
+    ref = hf.generate(ids, attention_mask=mask, **_hf_kwargs(cfg))
+    _assert_same(ref, out, beam=True)

@@ -3,6 +3,7 @@ gives what the ordinary modules give, and only applies where it should."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -145,3 +146,87 @@ def test_model_decoding_steps_are_the_same_inside_and_outside_decoding():
                 fast = _step_logits(model, ids, mem)
             torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
         assert "lm_head" in s2s.__dict__["_gensys_packed"]
+
+
+def test_stacked_left_padded_caches_decode_like_each_row_alone():
+    """Drafts prefilled one at a time (different lengths), stacked, then decoded together = each alone."""
+    from gensys.nn.cache import stack_left_padded
+
+    torch.manual_seed(4)
+    model = DecoderLM(llama_config(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64))
+    model.eval()
+    prompts = [torch.randint(0, 50, (1, n)) for n in (5, 9, 2)]
+    nxt = torch.randint(0, 50, (3, 3))  # three more tokens per row
+    with torch.no_grad():
+        caches = []
+        for p in prompts:
+            caches.append(model.new_cache())
+            model(p, cache=caches[-1])
+        lengths = [c.length for c in caches]
+        stacked, mask = stack_left_padded(caches, capacity=1)  # capacity 1 < 3 steps: regrowth is exercised
+        assert [c.length for c in caches] == lengths  # the inputs are untouched
+        assert mask.tolist()[2] == [False] * 7 + [True] * 2
+        got = []
+        for t in range(3):
+            mask = torch.cat([mask, mask.new_ones(3, 1)], 1)
+            pos = torch.tensor([[n + t] for n in lengths])
+            got.append(model(nxt[:, t : t + 1], attention_mask=mask, positions=pos, cache=stacked)[:, -1])
+        for row, p in enumerate(prompts):
+            full = model(torch.cat([p, nxt[row : row + 1]], 1))[0, -3:]  # (3, V)
+            torch.testing.assert_close(torch.stack([g[row] for g in got]), full, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="one row each"):
+        stack_left_padded([model.new_cache()])
+
+
+@pytest.mark.parametrize("n_kv_heads", [4, 2])
+@pytest.mark.parametrize("t", [1, 3])
+def test_shared_prefix_attention_equals_attention_over_repeated_keys(n_kv_heads, t):
+    """attend_with_prefix = SDPA over cat(prefix repeated per row, own keys), with padding and causality."""
+    from gensys.nn.attention import attend_with_prefix, build_self_mask
+
+    torch.manual_seed(5)
+    b, n, h, d, lp, ts = 2, 3, 4, 8, 6, 4
+    q = torch.randn(b * n, h, t, d)
+    k, v = torch.randn(b * n, n_kv_heads, ts, d), torch.randn(b * n, n_kv_heads, ts, d)
+    pk, pv = torch.randn(b, n_kv_heads, lp, d), torch.randn(b, n_kv_heads, lp, d)
+    key_mask = torch.ones(b * n, lp + ts, dtype=torch.bool)
+    key_mask[3:, :2] = False  # the second prompt is left-padded by two positions
+    mask, _ = build_self_mask(key_mask, t, lp + ts, causal=True)
+    full_k = torch.cat([pk.repeat_interleave(n, 0), k], 2)
+    full_v = torch.cat([pv.repeat_interleave(n, 0), v], 2)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, full_k, full_v, attn_mask=mask, enable_gqa=n_kv_heads != h
+    )
+    got = attend_with_prefix(q, k, v, (pk, pv), mask=mask)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_kv_cache_shared_prefix_bookkeeping():
+    """expand(share_prefix) keeps one prompt copy: length, crop, nbytes, reorder and a second expand."""
+    torch.manual_seed(6)
+    model = DecoderLM(llama_config(vocab_size=40, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=64))
+    model.eval()
+    prompt, steps = torch.randint(0, 40, (2, 5)), torch.randint(0, 40, (6, 2))
+    with torch.no_grad():
+        shared, plain = model.new_cache(), model.new_cache()
+        model(prompt, cache=shared)
+        model(prompt, cache=plain)
+        before = shared.nbytes()
+        shared.expand(3, share_prefix=True)
+        plain.expand(3)
+        assert shared.length == plain.length == 5 and shared.prefix_length == 5
+        assert shared.nbytes() == before  # the prompt is not copied per row
+        order = torch.tensor([2, 0, 1, 3, 3, 5])  # beam search reorders within each prompt's rows
+        for t in range(2):
+            a = model(steps[:, t : t + 1], cache=shared)
+            c = model(steps[:, t : t + 1], cache=plain)
+            torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-5)
+            shared.reorder(order)
+            plain.reorder(order)
+        assert shared.length == 7
+        shared.crop(6)
+        assert shared.length == 6
+        with pytest.raises(ValueError, match="inside a shared prefix"):
+            shared.crop(4)
+        with pytest.raises(ValueError, match="already shares a prefix"):
+            shared.expand(2, share_prefix=True)

@@ -140,6 +140,50 @@ def attend_one_query(q: Tensor, k: Tensor, v: Tensor, *, scale: float | None = N
     return torch.matmul(probs, v).view(b, h, 1, d)
 
 
+def attend_with_prefix(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    prefix: tuple[Tensor, Tensor],
+    *,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> Tensor:
+    """Attention over a shared prefix plus per-row keys; q (N, H, T, D), k, v (N, H_kv, Ts, D).
+
+    `prefix` = (pk, pv), each (B, H_kv, Lp, D), is shared by the N / B consecutive rows of each group (the
+    beams of one prompt): the keys are, per row, cat(prefix, own) along time, but the prefix is read once per
+    group. The queries of a group's rows and heads become the rows of one matmul against it; both parts share
+    one softmax. `mask` (N|1, 1, T, Lp + Ts) is boolean, True = attend, as for the other paths.
+    """
+    pk, pv = prefix
+    n_rows, h, t, d = q.shape
+    b, h_kv, lp, _ = pk.shape
+    ts, hg, n = k.shape[2], h // h_kv, n_rows // b
+    scale = d**-0.5 if scale is None else scale
+    if mask is None and is_causal and t > 1:
+        mask, _ = build_self_mask(None, t, lp + ts, causal=True)
+
+    def grouped(x: Tensor, last: int) -> Tensor:  # (N, H, T, X) -> (B, H_kv, n * hg * T, X)
+        x = x.reshape(b, n, h_kv, hg, t, last).permute(0, 2, 1, 3, 4, 5)
+        return x.reshape(b, h_kv, n * hg * t, last)
+
+    def ungrouped(x: Tensor, last: int) -> Tensor:  # inverse of `grouped`
+        x = x.view(b, h_kv, n, hg, t, last).permute(0, 2, 1, 3, 4, 5)
+        return x.reshape(n_rows, h, t, last)
+
+    s_pre = ungrouped(torch.matmul(grouped(q, d), pk.transpose(-2, -1)), lp)  # (N, H, T, Lp)
+    s_own = torch.matmul(q.reshape(n_rows, h_kv, hg * t, d), k.transpose(-2, -1)).view(n_rows, h, t, ts)
+    scores = torch.cat([s_pre, s_own], dim=-1).mul_(scale)  # (N, H, T, Lp + Ts)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = scores.softmax(-1) if scores.dtype == torch.float32 else scores.float().softmax(-1).to(q.dtype)
+    out = ungrouped(torch.matmul(grouped(probs[..., :lp], lp), pv), d)  # (N, H, T, D)
+    own = torch.matmul(probs[..., lp:].reshape(n_rows, h_kv, hg * t, ts), v).view(n_rows, h, t, d)
+    return out + own
+
+
 class Attention(nn.Module):
     """Multi-head (grouped-query) attention with separate q/k/v/o projections.
 
@@ -231,7 +275,12 @@ class Attention(nn.Module):
             else:
                 k, v = cached
         dropout = self.dropout if self.training else 0.0
-        if bias is None and mask is None and t == 1 and b > 1 and k.shape[1] != q.shape[1] and not dropout:
+        prefix = cache.prefix[layer] if cache is not None and memory is None else None
+        if prefix is not None:
+            if bias is not None or dropout:
+                raise ValueError("a shared-prefix cache supports neither attention biases nor dropout")
+            out = attend_with_prefix(q, k, v, prefix, mask=mask, is_causal=is_causal, scale=self.scale)
+        elif bias is None and mask is None and t == 1 and b > 1 and k.shape[1] != q.shape[1] and not dropout:
             out = attend_one_query(q, k, v, scale=self.scale)
         elif bias is None:
             out = F.scaled_dot_product_attention(
@@ -257,6 +306,7 @@ __all__ = [
     "Attention",
     "attend_math",
     "attend_one_query",
+    "attend_with_prefix",
     "build_cross_mask",
     "build_segment_mask",
     "build_self_mask",

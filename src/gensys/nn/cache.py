@@ -7,6 +7,11 @@ token, not of the whole history (a concatenating cache costs O(T^2) copies over 
 
 Decoding strategies only ever call `reorder` (beam search picks which hypothesis each row continues),
 `expand` (encode once, then repeat each row for n beams / n samples) and read `length`.
+
+`expand(n, share_prefix=True)` does not copy the prompt's keys/values n times: they become a read-only
+*prefix* of shape (B, H_kv, L_prompt, D) that the n rows of each prompt share, and only the tokens generated
+afterwards live in per-row buffers (B*n rows). Attention then reads each prompt's keys once per group of rows
+(`attend_with_prefix`), and beam search's reorder moves generated tokens only, never the prompt.
 """
 
 from __future__ import annotations
@@ -32,11 +37,21 @@ class KVCache:
         # Buffers the previous `reorder` moved out of: the next reorder gathers into them.
         self._spare_k: list[Tensor | None] = [None] * n_layers
         self._spare_v: list[Tensor | None] = [None] * n_layers
+        # Shared prompt keys/values (B, H_kv, L_prompt, D) per layer, and how many rows share each one.
+        self.prefix: list[tuple[Tensor, Tensor] | None] = [None] * n_layers
+        self.group = 1
+
+    @property
+    def prefix_length(self) -> int:
+        """Positions held in the shared prefix (0 unless `expand(n, share_prefix=True)` was called)."""
+        first = self.prefix[0]
+        return 0 if first is None else first[0].shape[2]
 
     @property
     def length(self) -> int:
-        """Number of cached self-attention positions (same for every layer once a step has finished)."""
-        return self._len[0]
+        """Number of cached self-attention positions, shared prefix included (same for every layer once a
+        step has finished)."""
+        return self.prefix_length + self._len[0]
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append `k`, `v` (B, H_kv, T_new, D) to `layer`; return all valid keys/values (B, H_kv, T, D)."""
@@ -99,12 +114,39 @@ class KVCache:
             spare = buf.new_empty(shape)
         return torch.index_select(buf, 0, index, out=spare)
 
-    def expand(self, n: int) -> None:
-        """Repeat every row n times in place (row b becomes rows b*n .. b*n+n-1)."""
-        self._map(lambda t: t.repeat_interleave(n, dim=0))
+    def expand(self, n: int, share_prefix: bool = False) -> None:
+        """Repeat every row n times in place (row b becomes rows b*n .. b*n+n-1).
+
+        With `share_prefix` the self-attention entries cached so far are not repeated: they become the shared
+        prefix of rows b*n .. b*n+n-1 (see the module docstring); later `reorder`s must keep every row within
+        its group, as beam search does. Cross-attention entries are repeated either way.
+        """
+        if self.prefix[0] is not None:
+            raise ValueError("this cache already shares a prefix; it cannot be expanded again")
+        if not share_prefix or n == 1 or self._k[0] is None:
+            self._map(lambda t: t.repeat_interleave(n, dim=0))
+            return
+        self.prefix = [
+            None if kb is None else (kb[:, :, :m], vb[:, :, :m])  # type: ignore[index]
+            for kb, vb, m in zip(self._k, self._v, self._len)
+        ]
+        self.group = n
+        # Generated tokens start small: a reorder gathers whole buffers, so spare capacity is copied too.
+        self.initial_capacity = min(self.initial_capacity, 16)
+        self._k, self._v, self._len = [None] * self.n_layers, [None] * self.n_layers, [0] * self.n_layers
+        self._spare_k, self._spare_v = [None] * self.n_layers, [None] * self.n_layers
+        self.cross = [
+            None if c is None else (c[0].repeat_interleave(n, 0), c[1].repeat_interleave(n, 0))
+            for c in self.cross
+        ]
 
     def crop(self, length: int) -> None:
         """Forget positions >= length (e.g. when a user edits text before the cursor)."""
+        if length < self.prefix_length:
+            raise ValueError(
+                f"cannot crop to {length} positions inside a shared prefix of {self.prefix_length}"
+            )
+        length -= self.prefix_length
         self._len = [min(n, length) for n in self._len]
 
     def nbytes(self) -> int:
@@ -114,10 +156,50 @@ class KVCache:
             if kb is not None:
                 per_pos = kb[:, :, :1].numel() * kb.element_size()
                 total += 2 * per_pos * n
+        for pre in self.prefix:
+            if pre is not None:
+                total += pre[0].numel() * pre[0].element_size() + pre[1].numel() * pre[1].element_size()
         for c in self.cross:
             if c is not None:
                 total += c[0].numel() * c[0].element_size() + c[1].numel() * c[1].element_size()
         return total
+
+
+def stack_left_padded(caches: list[KVCache], capacity: int = 0) -> tuple[KVCache, Tensor]:
+    """One batch cache from single-row caches of different lengths, each left-padded to the longest.
+
+    Returns the new cache (rows in the order given; the inputs are not modified) and the attention mask
+    (B, L_max), True at real positions. Keys were rotated / computed at their rows' own positions, so
+    decoding goes on with per-row positions `mask.sum(1)` and this mask (as for left-padded prompts).
+    `capacity` reserves room for that many more positions without a regrowth copy. Self-attention only:
+    a cache with cross-attention entries is refused (stacking encoder outputs needs their masks too).
+    """
+    if not caches:
+        raise ValueError("no caches to stack")
+    n_layers = caches[0].n_layers
+    for c in caches:
+        if c.n_layers != n_layers:
+            raise ValueError("caches of different depths cannot be stacked")
+        if any(x is not None for x in c.cross):
+            raise ValueError("stacking caches with cross-attention entries is not supported")
+        if c._k[0] is None or c._k[0].shape[0] != 1:
+            raise ValueError("stack_left_padded takes non-empty caches of one row each")
+    lengths = [c.length for c in caches]
+    longest = max(lengths)
+    out = KVCache(n_layers, max(caches[0].initial_capacity, longest + capacity))
+    for layer in range(n_layers):
+        ref = caches[0]._k[layer]
+        assert ref is not None
+        shape = (len(caches), ref.shape[1], longest + capacity, ref.shape[3])
+        kb, vb = ref.new_zeros(shape), ref.new_zeros(shape)  # zeros, not garbage: pads are masked anyway
+        for row, (c, n) in enumerate(zip(caches, lengths)):
+            kb[row, :, longest - n : longest] = c._k[layer][0, :, :n]  # type: ignore[index]
+            vb[row, :, longest - n : longest] = c._v[layer][0, :, :n]  # type: ignore[index]
+        out._k[layer], out._v[layer], out._len[layer] = kb, vb, longest
+    device = caches[0]._k[0].device  # type: ignore[union-attr]
+    pads = torch.tensor([longest - n for n in lengths], device=device)
+    mask = torch.arange(longest, device=device)[None, :] >= pads[:, None]  # (B, L_max)
+    return out, mask
 
 
 def expand_rows(t: Tensor | None, n: int) -> Tensor | None:
@@ -125,4 +207,4 @@ def expand_rows(t: Tensor | None, n: int) -> Tensor | None:
     return None if t is None else t.repeat_interleave(n, dim=0)
 
 
-__all__ = ["KVCache", "expand_rows"]
+__all__ = ["KVCache", "expand_rows", "stack_left_padded"]

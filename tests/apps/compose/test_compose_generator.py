@@ -146,3 +146,32 @@ def test_predictor_with_draft_cache_equals_stateless(tiny_tok, tiny_model):
     assert 0 < state.computed_tokens < 0.5 * sum(len(tiny_tok.encode(text[:c])) for c in cuts)
     with_cache.end_draft("draft-1")
     assert len(with_cache.backend.sessions) == 0
+
+
+def test_concurrent_drafts_decode_in_one_batch_like_each_alone(tiny_tok, tiny_model):
+    """Several drafts in one call (the server's dynamic batch) decode together on their stacked caches."""
+    items = [
+        PromptItem("Lunch", "", "Can we meet", " to", draft_id="a"),
+        PromptItem(
+            "Report", "Please send the report.", "I will send it after the meeting", " ", draft_id="b"
+        ),
+        PromptItem("Lunch", "", "Hi", " ", draft_id="c"),
+    ]
+    alone = [_backend(tiny_model, tiny_tok).propose([it])[0] for it in items]
+    be = _backend(tiny_model, tiny_tok)
+    for _ in range(2):  # the second round finds every draft cached: no prompt token runs again
+        before = [be.sessions.get(it.draft_id).computed_tokens for it in items]
+        together = be.propose(items)
+        for got, want in zip(together, alone):
+            assert [c.text for c in got] == [c.text for c in want]
+            assert [c.confidence for c in got] == pytest.approx([c.confidence for c in want], rel=1e-4)
+    assert [be.sessions.get(it.draft_id).computed_tokens for it in items] == before
+    for it in items:  # beams decoded on a copy: each draft's cache still holds just its prompt
+        st = be.sessions.get(it.draft_id)
+        assert st.cache.length == len(st.ids) == len(be.prompt_ids(it))
+    # Two keystrokes of one draft in one call: decoded one after the other, both answered.
+    twice = [items[0], PromptItem("Lunch", "", "Can we meet to", "morrow", draft_id="a")]
+    out = be.propose(twice)
+    assert out[0] is not None and out[1] is not None
+    assert [c.text for c in out[0]] == [c.text for c in alone[0]]
+    assert all(c.text.startswith("morrow") for c in out[1])

@@ -21,6 +21,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 
 import torch
@@ -30,8 +31,9 @@ from gensys.apps.compose.data import context_ids
 from gensys.data.batching import pad_batch
 from gensys.data.tokenizer import Tokenizer
 from gensys.generate import GenerationConfig, LogitsProcessor, generate
+from gensys.generate.stepper import PaddedRows
 from gensys.models.decoder_lm import DecoderLM
-from gensys.nn.cache import KVCache
+from gensys.nn.cache import KVCache, stack_left_padded
 
 # A sentence ends at punctuation followed by whitespace: "." alone would stop inside "john.doe" or "3.5".
 STOP_STRINGS = [". ", "! ", "? ", "\n"]
@@ -226,31 +228,49 @@ def sync_session(model: DecoderLM, state: SessionState, ids: list[int]) -> Tenso
 
 
 class SessionStepper:
-    """A `gensys.generate` stepper whose prefill is `sync_session`; beams decode on a copy of the cache."""
+    """A `gensys.generate` stepper over drafts' session states, one prompt row per state.
 
-    def __init__(self, model: DecoderLM, state: SessionState) -> None:
+    Its prefill is `sync_session` per row (only each draft's new tokens run). The beams then decode on one
+    batch cache stacked from the drafts' caches, left-padded to the longest (`stack_left_padded`), so drafts
+    of concurrent users share every decoding step and the drafts' own caches are never written by a beam.
+    """
+
+    def __init__(self, model: DecoderLM, states: SessionState | list[SessionState]) -> None:
         self.model = model
-        self.state = state
+        self.states = [states] if isinstance(states, SessionState) else list(states)
         self.work: KVCache | None = None
+        self.rows = PaddedRows(None)
 
     def prefill(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        if input_ids.shape[0] != 1 or (attention_mask is not None and not bool(attention_mask.all())):
-            raise ValueError("a session prompt is one unpadded row")
+        if input_ids.shape[0] != len(self.states):
+            raise ValueError(f"{input_ids.shape[0]} prompt rows for {len(self.states)} session states")
+        rows = input_ids.tolist()
+        if attention_mask is not None:
+            rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, attention_mask.tolist())]
         self.work = None
-        return sync_session(self.model, self.state, input_ids[0].tolist()).clone()  # (1, V)
+        logits = [sync_session(self.model, st, ids) for st, ids in zip(self.states, rows)]
+        return torch.cat(logits, dim=0)  # (B, V); sync_session's tensors are the states': cat copies
 
     def expand(self, n: int) -> None:
-        self.work = fork_cache(self.state.cache, n)
+        work, mask = stack_left_padded([st.cache for st in self.states])  # type: ignore[misc]
+        work.expand(n, share_prefix=True)  # each draft's prompt is read once per step, not once per beam
+        self.work = work
+        self.rows = PaddedRows(mask)
+        self.rows.expand(n)
 
     def step(self, tokens: Tensor) -> Tensor:
         if self.work is None:
             self.expand(1)
-        logits = self.model(tokens[:, None], cache=self.work, last_only=True)  # (N, 1, V)
+        mask, positions = self.rows.next_step()
+        logits = self.model(
+            tokens[:, None], attention_mask=mask, positions=positions, cache=self.work, last_only=True
+        )  # (N, 1, V)
         return logits[:, -1].float()
 
     def reorder(self, index: Tensor) -> None:
         assert self.work is not None
         self.work.reorder(index)
+        self.rows.reorder(index)
 
 
 class SessionCache:
@@ -371,15 +391,27 @@ class TransformerBackend:
         """n-best candidates per item (best first), or None for an item whose budget ran out."""
         prompts = [self.prompt_ids(it) for it in items]
         out: list[list[Candidate] | None] = [None] * len(items)
+        # Drafts decode together, one row each, on their stacked caches; a draft that appears twice in one
+        # call (two keystrokes of one user) waits for the next round, as its cache can hold one prompt.
+        waiting = [i for i, it in enumerate(items) if it.draft_id is not None]
+        while waiting:
+            seen: set[str] = set()
+            rnd: list[int] = []
+            for i in waiting:
+                if items[i].draft_id not in seen:
+                    seen.add(items[i].draft_id)  # type: ignore[arg-type]
+                    rnd.append(i)
+            waiting = [i for i in waiting if i not in rnd]
+            states = [self.sessions.get(items[i].draft_id) for i in rnd]  # type: ignore[arg-type]
+            with ExitStack() as held:
+                for k in sorted(range(len(rnd)), key=lambda k: items[rnd[k]].draft_id or ""):
+                    held.enter_context(states[k].lock)  # one global order: concurrent calls cannot deadlock
+                ids, mask = pad_batch([prompts[i] for i in rnd], self.tok.pad_id, side="left")  # (B, T)
+                stepper = SessionStepper(self.model, states)
+                results = self._decode(ids, mask, [items[i].tail for i in rnd], stepper, deadline)
+            for i, r in zip(rnd, results):
+                out[i] = r
         batch = [i for i, it in enumerate(items) if it.draft_id is None]
-        for i, it in enumerate(items):
-            if it.draft_id is None:
-                continue
-            state = self.sessions.get(it.draft_id)
-            with state.lock:
-                stepper = SessionStepper(self.model, state)
-                ids = torch.tensor([prompts[i]], dtype=torch.long)
-                out[i] = self._decode(ids, None, [it.tail], stepper, deadline)[0]
         if batch:
             ids, mask = pad_batch([prompts[i] for i in batch], self.tok.pad_id, side="left")  # (B, T)
             results = self._decode(ids, mask, [items[i].tail for i in batch], None, deadline)
