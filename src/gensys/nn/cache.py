@@ -73,6 +73,13 @@ class KVCache:
         self._k[layer], self._v[layer], self._len[layer] = kb, vb, n + t_new
         return kb[:, :, : n + t_new], vb[:, :, : n + t_new]
 
+    def keys_values(self, layer: int) -> tuple[Tensor, Tensor]:
+        """Views of `layer`'s valid self-attention keys and values (B, H_kv, T, D), shared prefix excluded."""
+        kb, vb, n = self._k[layer], self._v[layer], self._len[layer]
+        if kb is None or vb is None:
+            raise ValueError(f"layer {layer} has no cached keys")
+        return kb[:, :, :n], vb[:, :, :n]
+
     def get_cross(self, layer: int) -> tuple[Tensor, Tensor] | None:
         return self.cross[layer]
 

@@ -175,3 +175,29 @@ def test_concurrent_drafts_decode_in_one_batch_like_each_alone(tiny_tok, tiny_mo
     assert out[0] is not None and out[1] is not None
     assert [c.text for c in out[0]] == [c.text for c in alone[0]]
     assert all(c.text.startswith("morrow") for c in out[1])
+
+
+def test_typing_in_several_drafts_syncs_them_in_one_batch_like_each_alone(tiny_tok, tiny_model):
+    """Drafts with caches run their new tokens as one left-padded batch; logits and caches = one by one."""
+    from gensys.apps.compose.generator import sync_sessions
+
+    be = _backend(tiny_model, tiny_tok)
+    steps = [  # (subject, text) per draft, typed in two rounds; draft 2 edits before its cursor
+        [("Lunch", "Can we meet"), ("Lunch", "Can we meet tomorrow at noon")],
+        [("Report", "I will send it"), ("Report", "I will send it after")],
+        [("Re: plan", "Thanks, that works"), ("Re: plan", "Thanks, this works for me")],
+    ]
+    together = [SessionState() for _ in steps]
+    alone = [SessionState() for _ in steps]
+    for rnd in range(2):
+        prompts = [be.prompt_ids(PromptItem(d[rnd][0], "", d[rnd][1], " ")) for d in steps]
+        got = sync_sessions(tiny_model, together, prompts)
+        want = torch.cat([sync_session(tiny_model, st, ids) for st, ids in zip(alone, prompts)])
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        for a, b in zip(together, alone):
+            assert a.ids == b.ids and a.computed_tokens == b.computed_tokens
+            assert a.cache.length == b.cache.length
+            for layer in range(a.cache.n_layers):
+                torch.testing.assert_close(
+                    a.cache.keys_values(layer), b.cache.keys_values(layer), atol=1e-5, rtol=1e-5
+                )

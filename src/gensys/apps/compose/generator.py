@@ -200,6 +200,19 @@ def fork_cache(cache: KVCache, n: int) -> KVCache:
     return work
 
 
+def _reset_if_stale(model: DecoderLM, state: SessionState) -> None:
+    if state.cache is None or state.cache.length != len(state.ids):  # never trust a cache written elsewhere
+        state.cache, state.ids, state.logits = model.new_cache(), [], None
+
+
+def _kept_tokens(state: SessionState, ids: list[int]) -> int | None:
+    """How many cached tokens of `state` stay valid for prompt `ids` (None: nothing to run at all)."""
+    lcp = _common_prefix(state.ids, ids)
+    if lcp == len(ids) == len(state.ids) and state.logits is not None:
+        return None
+    return min(lcp, len(ids) - 1)  # at least the last token runs: its logits are the output
+
+
 @torch.inference_mode()
 def sync_session(model: DecoderLM, state: SessionState, ids: list[int]) -> Tensor:
     """Bring `state` to prompt `ids` running only the tokens after the first difference; logits (1, V).
@@ -210,15 +223,11 @@ def sync_session(model: DecoderLM, state: SessionState, ids: list[int]) -> Tenso
     """
     if not ids:
         raise ValueError("empty prompt")
-    if state.cache is None:
-        state.cache, state.ids, state.logits = model.new_cache(), [], None
-    if state.cache.length != len(state.ids):  # never trust a cache that someone else wrote to
-        state.cache, state.ids, state.logits = model.new_cache(), [], None
-    lcp = _common_prefix(state.ids, ids)
-    if lcp == len(ids) == len(state.ids) and state.logits is not None:
-        return state.logits
-    keep = min(lcp, len(ids) - 1)
-    state.cache.crop(keep)
+    _reset_if_stale(model, state)
+    keep = _kept_tokens(state, ids)
+    if keep is None:
+        return state.logits  # type: ignore[return-value]
+    state.cache.crop(keep)  # type: ignore[union-attr]
     new = torch.tensor([ids[keep:]], dtype=torch.long)  # (1, T_new)
     h = model.hidden(new, cache=state.cache)  # (1, T_new, D); positions continue from `keep`
     state.logits = model.lm_head(h[:, -1]).float()  # (1, V)
@@ -227,12 +236,59 @@ def sync_session(model: DecoderLM, state: SessionState, ids: list[int]) -> Tenso
     return state.logits
 
 
+@torch.inference_mode()
+def sync_sessions(model: DecoderLM, states: list[SessionState], prompts: list[list[int]]) -> Tensor:
+    """`sync_session` for several drafts at once; logits (B, V), one row per state.
+
+    Drafts that already have a cache run their new tokens as one batch: their caches are stacked
+    (left-padded), the new tokens left-padded after them, each row at its own positions; the new keys and
+    values are then appended to each draft's own cache. A draft without a cache runs alone (its whole
+    prompt is one full-length forward anyway).
+    """
+    keeps: list[int | None] = []
+    for st, ids in zip(states, prompts):
+        if not ids:
+            raise ValueError("empty prompt")
+        _reset_if_stale(model, st)
+        keeps.append(_kept_tokens(st, ids))
+    together = [b for b, k in enumerate(keeps) if k]  # k > 0: a cache to continue from
+    if len(together) > 1:
+        for b in together:
+            states[b].cache.crop(keeps[b])  # type: ignore[union-attr, arg-type]
+        news = [prompts[b][keeps[b] :] for b in together]  # type: ignore[misc]
+        t_new = max(len(x) for x in news)
+        stacked, past = stack_left_padded([states[b].cache for b in together])  # type: ignore[misc]
+        ids = torch.full((len(together), t_new), 0, dtype=torch.long)  # (B', T_new), left-padded
+        new_mask = torch.zeros(len(together), t_new, dtype=torch.bool)
+        positions = torch.zeros(len(together), t_new, dtype=torch.long)
+        for row, (b, x) in enumerate(zip(together, news)):
+            ids[row, t_new - len(x) :] = torch.tensor(x)
+            new_mask[row, t_new - len(x) :] = True
+            positions[row, t_new - len(x) :] = torch.arange(keeps[b], keeps[b] + len(x))  # type: ignore[arg-type]
+        mask = torch.cat([past, new_mask], dim=1)  # (B', L + T_new): pads of the cache, then of the new part
+        h = model.hidden(ids, attention_mask=mask, positions=positions, cache=stacked)  # (B', T_new, D)
+        logits = model.lm_head(h[:, -1]).float()  # (B', V): every row's last real token is the last column
+        for row, (b, x) in enumerate(zip(together, news)):
+            st = states[b]
+            for layer in range(stacked.n_layers):
+                k, v = stacked.keys_values(layer)
+                st.cache.update(layer, k[row : row + 1, :, -len(x) :], v[row : row + 1, :, -len(x) :])  # type: ignore[union-attr]
+            st.logits = logits[row : row + 1]
+            st.ids = list(prompts[b])
+            st.computed_tokens += len(x)
+    out = []
+    for b, (st, ids) in enumerate(zip(states, prompts)):
+        out.append(st.logits if b in together and len(together) > 1 else sync_session(model, st, ids))
+    return torch.cat(out, dim=0)  # type: ignore[arg-type]
+
+
 class SessionStepper:
     """A `gensys.generate` stepper over drafts' session states, one prompt row per state.
 
-    Its prefill is `sync_session` per row (only each draft's new tokens run). The beams then decode on one
-    batch cache stacked from the drafts' caches, left-padded to the longest (`stack_left_padded`), so drafts
-    of concurrent users share every decoding step and the drafts' own caches are never written by a beam.
+    Its prefill is `sync_sessions` (only each draft's new tokens run, in one batch). The beams then decode on
+    one batch cache stacked from the drafts' caches, left-padded to the longest (`stack_left_padded`), so
+    drafts of concurrent users share every decoding step and the drafts' own caches are never written by a
+    beam.
     """
 
     def __init__(self, model: DecoderLM, states: SessionState | list[SessionState]) -> None:
@@ -248,8 +304,7 @@ class SessionStepper:
         if attention_mask is not None:
             rows = [[t for t, m in zip(r, mr) if m] for r, mr in zip(rows, attention_mask.tolist())]
         self.work = None
-        logits = [sync_session(self.model, st, ids) for st, ids in zip(self.states, rows)]
-        return torch.cat(logits, dim=0)  # (B, V); sync_session's tensors are the states': cat copies
+        return sync_sessions(self.model, self.states, rows)  # (B, V); a copy: cat of the states' logits
 
     def expand(self, n: int) -> None:
         work, mask = stack_left_padded([st.cache for st in self.states])  # type: ignore[misc]
@@ -448,4 +503,5 @@ __all__ = [
     "TransformerBackend",
     "fork_cache",
     "sync_session",
+    "sync_sessions",
 ]
