@@ -117,3 +117,25 @@ def test_cnn_encoder_flattens_a_3x3_grid_row_major():
     torch.testing.assert_close(with_pos(images) - feats, sinusoidal_2d(3, 3, 16).expand(2, 9, 16))
     native = CNNEncoder(3, [8, 16], grid=0, pos="learned2d")
     assert native(torch.randn(1, 3, 32, 32)).shape == (1, 8 * 8, 16)  # two stride-2 stages: 32 -> 8
+
+
+def test_batchnorm_cnn_keeps_images_apart_and_is_batch_independent_in_eval():
+    """norm="batch": in eval an image's features do not depend on its batch; and unlike per-image GroupNorm
+    it keeps a global difference between images (a uniformly brighter image) that GroupNorm removes."""
+    from gensys.nn.vision import conv_norm
+
+    torch.manual_seed(3)
+    bn = CNNEncoder(3, [8, 16], grid=0, pos="none", norm="batch")
+    bn.train()
+    for _ in range(3):
+        bn(torch.randn(6, 3, 16, 16))  # running statistics
+    bn.eval()
+    x = torch.randn(4, 3, 16, 16)
+    torch.testing.assert_close(bn(x)[1:2], bn(x[1:2]), atol=1e-6, rtol=1e-6)
+    norm = conv_norm("group", 16)
+    fmap = torch.rand(1, 16, 4, 4)
+    torch.testing.assert_close(norm(fmap), norm(fmap * 3 + 1), atol=1e-4, rtol=1e-4)  # GroupNorm: gone
+    bn_layer = conv_norm("batch", 16).eval()
+    assert not torch.allclose(bn_layer(fmap), bn_layer(fmap * 3 + 1))  # BatchNorm (eval): kept
+    with pytest.raises(ValueError, match="unknown CNN norm"):
+        conv_norm("layer", 16)

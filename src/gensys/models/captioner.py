@@ -46,6 +46,7 @@ class CaptionerConfig:
     cnn_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     cnn_blocks_per_stage: int = 1
     cnn_grid: int = 3  # pool the final feature map to grid x grid (3 -> 9 memory vectors); 0 = keep
+    cnn_norm: str = "group"  # "group" | "batch" (see gensys.nn.vision.conv_norm)
     # text decoder
     d_model: int = 256
     n_layers: int = 4
@@ -60,6 +61,10 @@ class CaptionerConfig:
     tie_embeddings: bool = True
     dropout: float = 0.1
     init_std: float = 0.02
+    # Auxiliary head: which caption words an image's captions contain, from the mean image memory
+    # (`tag_logits`). Trained with `loss.tag_weight` it gives the encoder a direct signal; without it a
+    # from-scratch encoder can collapse and the decoder turns into an image-blind language model.
+    tag_head: bool = False
 
     def __post_init__(self) -> None:
         if self.encoder not in ("vit", "cnn"):
@@ -107,6 +112,7 @@ class Captioner(nn.Module):
                 cfg.cnn_blocks_per_stage,
                 cfg.cnn_grid,
                 pos=cfg.enc_pos if cfg.enc_pos != "learned" else "learned2d",
+                norm=cfg.cnn_norm,
             )
             enc_dim = cfg.cnn_channels[-1]
         # Projects image features to the decoder width (and lets a frozen encoder's features be re-mapped).
@@ -129,6 +135,9 @@ class Captioner(nn.Module):
             dropout=cfg.dropout,
         )
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.tag_head = nn.Linear(d, cfg.vocab_size) if cfg.tag_head else None
+        if self.tag_head is not None:
+            init_weights(self.tag_head, cfg.init_std)
         init_weights(self.decoder, cfg.init_std)
         init_weights(self.tok_emb, cfg.init_std)
         if self.pos_emb is not None:
@@ -145,6 +154,12 @@ class Captioner(nn.Module):
     def encode(self, images: Tensor) -> Tensor:
         """Memory (B, N, d_model) for images (B, C, H, W) (already resized and normalised)."""
         return self.mem_proj(self.image_encoder(images))
+
+    def tag_logits(self, memory: Tensor) -> Tensor:
+        """Logits (B, V) of "this token occurs in the image's captions" from memory (B, N, D)."""
+        if self.tag_head is None:
+            raise ValueError("this captioner has no tag head (model.tag_head: false)")
+        return self.tag_head(memory.mean(dim=1))
 
     def decode(
         self,

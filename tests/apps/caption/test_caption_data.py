@@ -143,3 +143,66 @@ def test_collator_flip_swaps_image_and_caption_together():
     assert tok.decode(keep["input_ids"][0].tolist()) == "a ball on the left"
     one = Collator(data.images, 6, mean, std, tok.pad_id, train=True, hflip=0.0, captions_per_image=1)
     assert one(ds.items)["input_ids"].shape[0] == 2  # one caption per image
+
+
+def test_tags_cover_every_caption_of_the_image_and_the_tag_loss_adds_as_documented():
+    """The tag targets are the tokens of all of an image's captions (flipped with the image, specials
+    excluded, even when only some captions are sampled for the LM loss); caption_loss adds the weighted
+    BCE per target token."""
+    from gensys.apps.caption.data import caption_loss
+    from gensys.models.captioner import CaptionerConfig, build_captioner
+
+    data, tok = _toy_set()
+    ds = CaptionSet(data, tok, max_tokens=10)
+    specials = (tok.bos_id, tok.eos_id, tok.pad_id)
+    col = Collator(
+        data.images, 6, [0.0] * 3, [1.0] * 3, tok.pad_id, train=True, hflip=1.0, captions_per_image=1,
+        tag_vocab=tok.vocab_size, tag_ignore=specials,
+    )  # fmt: skip
+    batch = col([ds[0], ds[1]])
+    assert batch["input_ids"].shape[0] == 2  # one caption per image for the LM loss ...
+    want1 = {t for c in ("blue all blue", "so blue") for t in tok.encode(c)}  # ... but tags from both
+    assert set(batch["tags"][1].nonzero().flatten().tolist()) == want1
+    want0 = set(tok.encode("a ball on the right"))  # flipped image: the flipped caption's words
+    assert set(batch["tags"][0].nonzero().flatten().tolist()) == want0
+    assert batch["tags"][:, list(specials)].sum() == 0
+    torch.manual_seed(0)
+    cfg = CaptionerConfig(
+        vocab_size=tok.vocab_size, encoder="cnn", image_size=6, cnn_channels=[8], cnn_grid=0, d_model=16,
+        n_layers=1, n_heads=2, d_ff=32, max_seq_len=16, dropout=0.0, tag_head=True,
+    )  # fmt: skip
+    model = build_captioner(cfg).eval()
+    ce, n, _ = caption_loss(model, batch)
+    total, n2, extra = caption_loss(model, batch, tag_weight=0.5)
+    logits = model.tag_logits(model.encode(batch["images"]))
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["tags"], reduction="sum") / 2
+    assert n2 == n and extra["tag_loss"] == pytest.approx(bce.item(), rel=1e-5)
+    torch.testing.assert_close(total, ce + 0.5 * bce * n)
+    with pytest.raises(ValueError, match="no tag head"):
+        build_captioner(CaptionerConfig(**{**cfg.__dict__, "tag_head": False})).tag_logits(
+            torch.zeros(1, 2, 16)
+        )
+
+
+def test_tag_weight_needs_the_tag_head():
+    from gensys.apps.caption.config import Config, LossConfig
+
+    with pytest.raises(ValueError, match="needs model.tag_head"):
+        Config(loss=LossConfig(tag_weight=0.1))
+
+
+def test_mismatched_loss_pairs_each_caption_with_another_image():
+    from gensys.apps.caption.data import caption_loss, mismatched_caption_loss
+    from gensys.models.captioner import CaptionerConfig, build_captioner
+
+    data, tok = _toy_set()
+    ds = CaptionSet(data, tok, max_tokens=10)
+    batch = Collator(data.images, 6, [0.0] * 3, [1.0] * 3, tok.pad_id, train=False)(ds.items)
+    torch.manual_seed(1)
+    cfg = CaptionerConfig(
+        vocab_size=tok.vocab_size, encoder="cnn", image_size=6, cnn_channels=[8], cnn_grid=0, d_model=16,
+        n_layers=1, n_heads=2, d_ff=32, max_seq_len=16, dropout=0.0,
+    )  # fmt: skip
+    model = build_captioner(cfg).eval()
+    swapped = {**batch, "images": batch["images"].flip(0)}  # two images: rolling by one = swapping
+    torch.testing.assert_close(mismatched_caption_loss(model, batch)[0], caption_loss(model, swapped)[0])

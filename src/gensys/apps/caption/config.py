@@ -86,6 +86,15 @@ class EvalConfig:
 
 
 @dataclass
+class LossConfig:
+    """Training objective beyond next-token cross-entropy (which `train.label_smoothing` tunes)."""
+
+    # Weight of the tag head's loss (needs model.tag_head: true). From scratch on Flickr8k the CNN encoder
+    # collapsed without it: the 2026-11-28 quality run's captions were the same for every image.
+    tag_weight: float = 0.0
+
+
+@dataclass
 class Config:
     """The whole captioning config (`gensys caption <verb> --config FILE key.sub=value ...`)."""
 
@@ -97,6 +106,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     post: PostConfig = field(default_factory=PostConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     export_dir: str = ""  # after training, write best/ here as an fp16 checkpoint (e.g. models/caption)
 
     def __post_init__(self) -> None:
@@ -106,6 +116,10 @@ class Config:
             raise ValueError("preprocess.mean/std need one value per input channel")
         if self.preprocess.crop_margin < 0:
             raise ValueError("preprocess.crop_margin must be >= 0")
+        if self.loss.tag_weight < 0:
+            raise ValueError("loss.tag_weight must be >= 0")
+        if self.loss.tag_weight > 0 and not self.model.tag_head:
+            raise ValueError("loss.tag_weight > 0 needs model.tag_head: true")
 
 
 __all__ = [
@@ -113,6 +127,7 @@ __all__ = [
     "DataConfig",
     "DecodeConfig",
     "EvalConfig",
+    "LossConfig",
     "PostConfig",
     "PreprocessConfig",
     "TokenizerConfig",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -265,12 +266,16 @@ class Collator:
         train: bool,
         hflip: float = 0.5,
         captions_per_image: int = 0,
+        tag_vocab: int = 0,
+        tag_ignore: Sequence[int] = (),
     ) -> None:
         self.images, self.size, self.mean, self.std, self.pad_id = images, size, mean, std, pad_id
         self.train, self.hflip, self.per_image = train, hflip, captions_per_image
+        self.tag_vocab, self.tag_ignore = tag_vocab, list(tag_ignore)
 
     def __call__(self, items: list[tuple[int, list[list[int]], list[list[int]]]]) -> dict[str, Tensor]:
         crops, seqs, owner = [], [], []
+        tags = torch.zeros(len(items), self.tag_vocab) if self.tag_vocab else None  # (B, V) multi-hot
         full = self.images.shape[-1]
         for b, (idx, ids, flipped) in enumerate(items):
             img = self.images[idx]  # (3, S', S') uint8
@@ -280,16 +285,25 @@ class Collator:
                 img = img[:, top : top + self.size, left : left + self.size]
                 if self.hflip > 0 and float(torch.rand(())) < self.hflip:
                     img, caps = img.flip(-1), flipped
+                if tags is not None:  # every caption of the image, before sampling a few for the LM loss
+                    tags[b, sorted({t for c in caps for t in c})] = 1.0
                 if self.per_image and len(caps) > self.per_image:
                     pick = torch.randperm(len(caps))[: self.per_image].tolist()
                     caps = [caps[j] for j in pick]
             else:
                 img = center_crop(img, self.size)
+                if tags is not None:
+                    tags[b, sorted({t for c in caps for t in c})] = 1.0
             crops.append(img)
             seqs.extend(caps)
             owner.extend([b] * len(caps))
         ids, mask = pad_batch(seqs, self.pad_id)  # (C, T)
+        extra = {}
+        if tags is not None:
+            tags[:, self.tag_ignore] = 0.0  # bos / eos / pad are in every caption
+            extra["tags"] = tags
         return {
+            **extra,
             "images": normalize_images(torch.stack(crops), self.mean, self.std),  # (B, 3, S, S)
             "input_ids": ids,
             "attention_mask": mask,
@@ -298,13 +312,35 @@ class Collator:
         }
 
 
-def caption_loss(model: Any, batch: dict[str, Tensor], *, label_smoothing: float = 0.0):
-    """Trainer loss_fn: next-token cross-entropy of every caption given its image (summed, with count)."""
-    memory = model.encode(batch["images"])  # (B, N, D)
-    memory = memory.index_select(0, batch["img_index"])  # (C, N, D): one row per caption
+def caption_loss(
+    model: Any, batch: dict[str, Tensor], *, label_smoothing: float = 0.0, tag_weight: float = 0.0
+):
+    """Trainer loss_fn: next-token cross-entropy of every caption given its image (summed, with count).
+
+    `tag_weight` > 0 adds the tag head's loss (binary cross-entropy of "token occurs in this image's
+    captions", summed over the vocabulary, mean over images) times `tag_weight`, per target token: the
+    trainer divides the sum by the token count, so the step's loss is CE + tag_weight * tag loss.
+    """
+    image_memory = model.encode(batch["images"])  # (B, N, D)
+    memory = image_memory.index_select(0, batch["img_index"])  # (C, N, D): one row per caption
     logits = model.decode(batch["input_ids"], memory, attention_mask=batch["attention_mask"])  # (C, T, V)
     loss_sum, n = token_cross_entropy(logits, batch["labels"], label_smoothing=label_smoothing)
-    return loss_sum, n, {}
+    if not tag_weight:
+        return loss_sum, n, {}
+    tag_logits = model.tag_logits(image_memory).float()  # (B, V)
+    tags = batch["tags"]
+    tag_loss = F.binary_cross_entropy_with_logits(tag_logits, tags, reduction="sum") / tags.shape[0]
+    return loss_sum + tag_weight * tag_loss * n, n, {"tag_loss": float(tag_loss.detach())}
+
+
+def mismatched_caption_loss(model: Any, batch: dict[str, Tensor]):
+    """`caption_loss` with every caption paired with the next image of its batch (a wrong one).
+
+    The difference to the real loss ("image gain", nats per token) says how much the decoder uses the
+    image; a captioner whose encoder collapsed scores the same either way.
+    """
+    images = batch["images"]
+    return caption_loss(model, {**batch, "images": images.roll(1, dims=0)})
 
 
 __all__ = [
@@ -319,6 +355,7 @@ __all__ = [
     "load_image_cache",
     "load_split",
     "load_split_data",
+    "mismatched_caption_loss",
     "normalize_caption",
     "normalize_images",
     "pil_to_uint8",

@@ -38,6 +38,7 @@ from gensys.apps.caption.data import (
     center_crop,
     load_split,
     load_split_data,
+    mismatched_caption_loss,
     normalize_caption,
 )
 from gensys.apps.caption.postprocess import PERSON_NOUNS, postprocess, token_words
@@ -167,7 +168,8 @@ def score_captions(hyps: list[str], refs: list[list[str]], synonyms: bool = True
 
 
 def _eval_fn(cfg: Config, tok: Tokenizer, dev: SplitData):
-    """Trainer eval_fn: dev loss (every caption) and greedy CIDEr-D on the first dev images."""
+    """Trainer eval_fn: dev loss (every caption), the image gain (loss with wrong images minus dev loss)
+    and greedy CIDEr-D on the first dev images."""
     dev_set = CaptionSet(dev, tok, cfg.preprocess.max_caption_tokens)
     size, pre = cfg.model.image_size, cfg.preprocess
     collate = Collator(dev.images, size, pre.mean, pre.std, tok.pad_id, train=False)
@@ -176,6 +178,9 @@ def _eval_fn(cfg: Config, tok: Tokenizer, dev: SplitData):
     def run(model: Any) -> dict[str, float]:
         batches = eval_batches(dev_set, bs, collate, max_batches=cfg.train.eval_steps)
         out = evaluate_loss(model, batches, partial(caption_loss))
+        batches = eval_batches(dev_set, bs, collate, max_batches=cfg.train.eval_steps)
+        wrong = evaluate_loss(model, batches, mismatched_caption_loss)["val_loss"]
+        out["image_gain"] = wrong - out["val_loss"]  # ~0: the decoder ignores the image
         n = min(cfg.eval.train_cider_images, len(dev.names))
         if n:
             device = next(model.parameters()).device
@@ -221,6 +226,8 @@ def train_main(argv: list[str]) -> int:
     collate = Collator(
         train.images, cfg.model.image_size, pre.mean, pre.std, tok.pad_id,
         train=True, hflip=pre.hflip, captions_per_image=pre.captions_per_image,
+        tag_vocab=cfg.model.vocab_size if cfg.loss.tag_weight else 0,
+        tag_ignore=(tok.bos_id, tok.eos_id, tok.pad_id),
     )  # fmt: skip
     env = init_distributed(cfg.train.parallel, cfg.train.device)  # torchrun: each dp rank takes its batches
     loader = ResumableLoader(
@@ -231,7 +238,9 @@ def train_main(argv: list[str]) -> int:
         model,
         cfg.train,
         train_data=loader,
-        loss_fn=partial(caption_loss, label_smoothing=cfg.train.label_smoothing),
+        loss_fn=partial(
+            caption_loss, label_smoothing=cfg.train.label_smoothing, tag_weight=cfg.loss.tag_weight
+        ),
         eval_fn=_eval_fn(cfg, tok, dev),
         model_config={
             "family": "captioner",
