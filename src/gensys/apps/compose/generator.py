@@ -308,7 +308,9 @@ class SessionStepper:
 
     def expand(self, n: int) -> None:
         work, mask = stack_left_padded([st.cache for st in self.states])  # type: ignore[misc]
-        work.expand(n, share_prefix=True)  # each draft's prompt is read once per step, not once per beam
+        # With several drafts each prompt is read once per step, not once per beam (measured: a call with 8
+        # drafts 150 -> 104 ms CPU); one draft alone is ~10% faster with its prompt copied to the beams.
+        work.expand(n, share_prefix=len(self.states) > 1)
         self.work = work
         self.rows = PaddedRows(mask)
         self.rows.expand(n)
