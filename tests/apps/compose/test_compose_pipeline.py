@@ -98,7 +98,12 @@ def test_eval_writes_report_table_and_plot(trained, capsys):
 
 def test_predict_reads_stdin(trained, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Please let me \n")))
-    assert predict_main(["--ckpt", str(trained["export"]), "--subject", "Hi", "--min-confidence", "0"]) == 0
+    assert (
+        predict_main(
+            ["--ckpt", str(trained["export"]), "--subject", "Hi", "--min-confidence", "0", "--budget-ms", "0"]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["reason"] in ("ok", "empty", "too_long_word", "gendered", "inconsistent")
     lines = b'{"text": "Thanks for the "}\n{"text": "Hel"}\n'

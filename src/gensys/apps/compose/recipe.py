@@ -335,10 +335,15 @@ def predict_main(argv: list[str]) -> int:
     p.add_argument("--cursor", type=int, default=None, help="cursor position (default: end of text)")
     p.add_argument("--jsonl", action="store_true", help="stdin holds JSON request objects, one per line")
     p.add_argument("--min-confidence", type=float, default=None, help="override the calibrated threshold")
+    p.add_argument(
+        "--budget-ms", type=float, default=None, help="latency budget (default: the checkpoint's; 0 = none)"
+    )
     p.add_argument("--threads", type=int, default=1, help=_THREADS_HELP)
     args = p.parse_intermixed_args(argv)
     torch.set_num_threads(args.threads)
-    opts = {} if args.min_confidence is None else {"min_confidence": args.min_confidence}
+    opts: dict[str, float] = {} if args.min_confidence is None else {"min_confidence": args.min_confidence}
+    if args.budget_ms is not None:
+        opts["latency_budget_ms"] = args.budget_ms
     pred = load_predictor(args.ckpt, **opts)
     if args.jsonl:
         reqs = []
