@@ -12,7 +12,6 @@ from gensys.apps.compose.generator import (
     SessionState,
     TokenBytes,
     TransformerBackend,
-    fork_cache,
     sync_session,
 )
 from gensys.apps.compose.predictor import ComposePredictor
@@ -95,11 +94,14 @@ def test_incremental_cache_equals_recomputation(tiny_tok, model_factory, pos):
     assert state.cache.length == len(prev)
 
 
-def test_fork_leaves_the_draft_cache_untouched(tiny_tok, tiny_model):
+def test_beam_copy_leaves_the_draft_cache_untouched(tiny_tok, tiny_model):
+    from gensys.nn.cache import stack_left_padded
+
     state = SessionState()
     ids = tiny_tok.encode("Thanks for the update on the")
     logits = sync_session(tiny_model, state, ids).clone()
-    work = fork_cache(state.cache, 3)
+    work, _ = stack_left_padded([state.cache])  # what SessionStepper.expand decodes on
+    work.expand(3)
     with torch.inference_mode():
         tiny_model(torch.tensor([[5], [6], [7]]), cache=work)  # a decoding step on the copy
     assert work.length == len(ids) + 1

@@ -285,15 +285,13 @@ class Collator:
                 img = img[:, top : top + self.size, left : left + self.size]
                 if self.hflip > 0 and float(torch.rand(())) < self.hflip:
                     img, caps = img.flip(-1), flipped
-                if tags is not None:  # every caption of the image, before sampling a few for the LM loss
-                    tags[b, sorted({t for c in caps for t in c})] = 1.0
-                if self.per_image and len(caps) > self.per_image:
-                    pick = torch.randperm(len(caps))[: self.per_image].tolist()
-                    caps = [caps[j] for j in pick]
             else:
                 img = center_crop(img, self.size)
-                if tags is not None:
-                    tags[b, sorted({t for c in caps for t in c})] = 1.0
+            if tags is not None:  # every caption of the image, before sampling a few for the LM loss
+                tags[b, sorted({t for c in caps for t in c})] = 1.0
+            if self.train and self.per_image and len(caps) > self.per_image:
+                pick = torch.randperm(len(caps))[: self.per_image].tolist()
+                caps = [caps[j] for j in pick]
             crops.append(img)
             seqs.extend(caps)
             owner.extend([b] * len(caps))

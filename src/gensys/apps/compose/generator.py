@@ -16,7 +16,6 @@ Three pieces are specific to Smart Compose; the search itself is the library's:
 from __future__ import annotations
 
 import bisect
-import copy
 import math
 import threading
 import time
@@ -186,18 +185,6 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     while i < n and a[i] == b[i]:
         i += 1
     return i
-
-
-def fork_cache(cache: KVCache, n: int) -> KVCache:
-    """An independent copy of `cache` with every row repeated `n` times; `cache` is left untouched.
-
-    KVCache has no copy method (yet): a shallow copy shares its per-layer lists, so `crop` (which rebinds
-    the lengths) and `expand` (which rebinds fresh tensors) are applied to the copy before it is written to.
-    """
-    work = copy.copy(cache)
-    work.crop(cache.length)
-    work.expand(n)
-    return work
 
 
 def _reset_if_stale(model: DecoderLM, state: SessionState) -> None:
@@ -503,7 +490,6 @@ __all__ = [
     "SessionStepper",
     "TokenBytes",
     "TransformerBackend",
-    "fork_cache",
     "sync_session",
     "sync_sessions",
 ]
