@@ -150,6 +150,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     ap.add_argument("--beams", type=int, default=None, help="override suggest.num_beams")
     ap.add_argument("--new-tokens", type=int, default=None, help="override suggest.max_new_tokens")
+    ap.add_argument(
+        "--max-beam-rows",
+        type=int,
+        default=None,
+        help="override suggest.max_beam_rows (drafts x beams per call)",
+    )
     ap.add_argument("--window-ms", type=float, default=5.0, help="dynamic batching window (serve config)")
     ap.add_argument("--no-batching", action="store_true", help="also run the users as unbatched threads")
     ap.add_argument("--quick", action="store_true")
@@ -157,7 +163,7 @@ def main() -> None:
     if args.quick:
         args.emails, args.boundaries = 4, 15
     torch.set_num_threads(args.threads)
-    opts = {"num_beams": args.beams, "max_new_tokens": args.new_tokens}
+    opts = {"num_beams": args.beams, "max_new_tokens": args.new_tokens, "max_beam_rows": args.max_beam_rows}
     opts = {k: v for k, v in opts.items() if v is not None}
     pred = load_predictor(Path(args.ckpt), min_confidence=0.0, latency_budget_ms=0, **opts)
     emails = read_split(data_path("compose/aeslc_test.jsonl.gz"), min_words=3, limit=args.emails)
@@ -172,7 +178,8 @@ def main() -> None:
         unbatched = concurrent(pred, emails, args.boundaries, args.users, args.think_ms)
     cfg = pred.cfg
     print(
-        f"checkpoint {args.ckpt}: beams {cfg.num_beams}, max_new_tokens {cfg.max_new_tokens}, "
+        f"checkpoint {args.ckpt}: beams {cfg.num_beams} (max rows per call {cfg.max_beam_rows or 'any'}), "
+        f"max_new_tokens {cfg.max_new_tokens}, "
         f"{args.emails} test emails x <= {args.boundaries} word boundaries, torch threads {args.threads}"
     )
     print("| run | p50 ms | p90 ms | p99 ms | requests |")

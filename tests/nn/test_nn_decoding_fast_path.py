@@ -61,6 +61,28 @@ def test_packed_weights_are_dropped_when_the_weights_changed_between_decoding_bl
         torch.testing.assert_close(out, torch.cat([a(x), b(x), c(x)], dim=-1), atol=1e-6, rtol=1e-5)
 
 
+def test_packed_weights_see_a_fused_optimizer_step_of_build_optimizer():
+    # Fused AdamW writes parameters without bumping their versions; build_optimizer's hook bumps them, or
+    # generation during training would keep decoding with the weights of its first call (found 2026-11-28:
+    # the captioner's in-training CIDEr fell while its real CIDEr rose).
+    from gensys.train.config import TrainConfig
+    from gensys.train.optim import build_optimizer
+
+    owner, a, b, c = _linears()
+    x = torch.randn(2, 16)
+    opt = build_optimizer(owner, TrainConfig(lr=0.1))
+    assert opt.defaults.get("fused")
+    with torch.no_grad(), decoding(owner):
+        packed_linear(x, owner, "abc", (a, b, c))
+    owner.a(x).sum().backward()
+    before = a.weight.detach().clone()
+    opt.step()
+    assert not torch.equal(before, a.weight)
+    with torch.no_grad(), decoding(owner):
+        out = packed_linear(x, owner, "abc", (a, b, c))
+        torch.testing.assert_close(out, torch.cat([a(x), b(x), c(x)], dim=-1), atol=1e-6, rtol=1e-5)
+
+
 def test_attend_one_query_equals_the_explicit_path_with_repeated_kv_heads():
     torch.manual_seed(1)
     for h_kv in (1, 2, 8):

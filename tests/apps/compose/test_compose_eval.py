@@ -67,3 +67,46 @@ def test_latency_percentiles():
     pts = [ev.Point(0, i, True, "x", 0.5, "ok", float(i)) for i in range(1, 101)]
     lat = ev.latency(pts)
     assert lat["p50"] == pytest.approx(50.5) and lat["p99"] == pytest.approx(99.01)
+
+
+def test_verbatim_mask_and_groups():
+    b = ev.word_boundaries(BODY)  # b[3] is after "Please let me know "
+    pts = [_pt(b[3], "if you", 0.9), _pt(b[0], "you know", 0.8), _pt(b[1], "", 0.0, ok=False)]
+    train = ["We said: please let me know if you have questions. Thanks, Bob", "let me go"]
+    # After b[3]: "let me know" + "if you have questions. Thanks," occurs in the first training text (the
+    # case of "Please" does not matter: it is not among the 3 words); before b[0] there is only 1 word.
+    mask = ev.verbatim_in_train(pts, EMAILS, train)
+    assert mask == [True, False, False]
+    groups = ev.exact_match_by_group(pts, EMAILS, 0.5, mask, max_n=3)
+    assert groups["verbatim"]["boundaries"] == 1 and groups["verbatim"]["em@2"] == 1.0
+    assert groups["novel"]["boundaries"] == 2 and groups["novel"]["em@1"] == 0.0
+    assert groups["novel"]["trigger_rate"] == pytest.approx(0.5)
+    assert ev.verbatim_in_train(pts, EMAILS, ["let me know if you have any questions. Thanks,"]) == [
+        False, False, False,
+    ]  # fmt: skip
+
+
+def test_walking_drafts_in_lockstep_gives_the_sequential_points(emails, tiny_tok, tiny_model):
+    from gensys.apps.compose.config import SuggestConfig
+    from gensys.apps.compose.generator import TransformerBackend
+    from gensys.apps.compose.predictor import ComposePredictor
+
+    def predictor():
+        be = TransformerBackend(
+            tiny_model, tiny_tok, num_beams=2, max_new_tokens=4, max_context_tokens=200,
+            subject_max_tokens=8, previous_max_tokens=8,
+        )  # fmt: skip
+        return ComposePredictor(be, SuggestConfig(num_beams=2, max_new_tokens=4, latency_budget_ms=0))
+
+    few = [Email(e.id, e.subject, " ".join(e.body.split()[:12])) for e in emails[:4]]
+    seq = ev.collect(predictor(), few)
+    done = []
+    lock = ev.collect(predictor(), few, drafts_at_once=3, progress=lambda d, n: done.append((d, n)))
+    assert [(p.email, p.cursor) for p in lock] == [(p.email, p.cursor) for p in seq]
+    assert sum(len(ev.word_boundaries(e.body)) for e in few) == len(seq) > 20
+    for a, b in zip(seq, lock):
+        assert (a.suggestion, a.reason, a.eligible) == (b.suggestion, b.reason, b.eligible)
+        assert a.confidence == pytest.approx(b.confidence, abs=2e-4)
+    assert done[-1] == (4, 4) and len(done) == 4
+    with pytest.raises(ValueError, match="drafts_at_once"):
+        ev.collect(predictor(), few, drafts_at_once=0)

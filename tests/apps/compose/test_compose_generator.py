@@ -179,6 +179,23 @@ def test_concurrent_drafts_decode_in_one_batch_like_each_alone(tiny_tok, tiny_mo
     assert all(c.text.startswith("morrow") for c in out[1])
 
 
+def test_a_row_budget_gives_each_draft_of_a_big_call_fewer_beams(tiny_tok, tiny_model):
+    be = _backend(tiny_model, tiny_tok, beams=4)
+    be.max_beam_rows = 8
+    assert [be.beams_for(n) for n in (1, 2, 3, 4, 8)] == [4, 4, 2, 2, 2]  # never fewer than 2
+    items = [
+        PromptItem("Lunch", "", "Can we meet", " to", draft_id="a"),
+        PromptItem("Report", "", "I will send it after the meeting", " ", draft_id="b"),
+        PromptItem("Lunch", "", "Hi", " ", draft_id="c"),
+    ]
+    two = _backend(tiny_model, tiny_tok, beams=2)
+    alone = [two.propose([PromptItem(it.subject, it.previous, it.prefix, it.tail)])[0] for it in items]
+    for got, want in zip(be.propose(items), alone):  # 3 drafts x 4 beams > 8 rows: 2 beams each
+        assert [c.text for c in got] == [c.text for c in want]
+        assert [c.confidence for c in got] == pytest.approx([c.confidence for c in want], rel=1e-4)
+    assert len(be.propose(items[:2])[0]) == 4  # 2 drafts x 4 beams fit: all 4 beams
+
+
 def test_typing_in_several_drafts_syncs_them_in_one_batch_like_each_alone(tiny_tok, tiny_model):
     """Drafts with caches run their new tokens as one left-padded batch; logits and caches = one by one."""
     from gensys.apps.compose.generator import sync_sessions

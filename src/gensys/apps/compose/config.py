@@ -57,6 +57,9 @@ class SuggestConfig:
     latency_budget_ms: float = 150.0  # a request still decoding after this gives up (0 = no budget)
     # Phrase generation (beam search over gensys.generate).
     num_beams: int = 4
+    # Rows (drafts x beams) one batched call may decode: with more concurrent drafts each gets fewer beams
+    # (at least 2). 0 = always num_beams. benchmarks/bench_compose.py measures the effect on latency.
+    max_beam_rows: int = 0
     max_new_tokens: int = 10
     max_context_tokens: int = 256  # prompt window (subject + previous + body so far)
     # Filtering.
@@ -96,6 +99,9 @@ class EvalConfig:
     ppl_batch_size: int = 16
     target_trigger_rate: float = 0.2
     max_n: int = 5  # ExactMatch@1..max_n
+    # Emails walked in lockstep, their keystrokes batched into one call: faster, the same suggestions, but the
+    # latency figures are then of batched calls (keep 1 to measure one user's keystrokes).
+    drafts_at_once: int = 1
     out_dir: str = "runs/compose/eval"
 
 

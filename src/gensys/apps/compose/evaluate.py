@@ -19,7 +19,7 @@ suggestion and its confidence *before* any threshold; every figure at a threshol
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,20 +52,45 @@ def collect(
     emails: Sequence[Email],
     *,
     progress: Callable[[int, int], None] | None = None,
+    drafts_at_once: int = 1,
 ) -> list[Point]:
-    """Run the pipeline (no threshold) at every word boundary of every email, one draft per email."""
+    """Run the pipeline (no threshold) at every word boundary of every email, one draft per email.
+
+    `drafts_at_once` > 1 walks that many emails in lockstep, their next keystrokes sent as one call (as the
+    server's batcher does with concurrent users): the same suggestions several times faster, but then a
+    point's latency is that of a batched call, not of one user's keystroke.
+    """
+    if drafts_at_once < 1:
+        raise ValueError(f"drafts_at_once must be >= 1, got {drafts_at_once}")
     points: list[Point] = []
-    for ei, e in enumerate(emails):
-        draft = f"eval-{ei}-{e.id}"
-        for cursor in word_boundaries(e.body):
-            req = {"text": e.body[:cursor], "subject": e.subject, "cursor": cursor, "draft_id": draft}
-            o = predictor.outcomes([req])[0]
+    queue = list(range(len(emails)))[::-1]  # emails not started yet (popped from the end)
+    active: dict[int, list[int]] = {}  # email -> its word boundaries still to visit
+    done = 0
+    while queue or active:
+        while queue and len(active) < drafts_at_once:
+            ei = queue.pop()
+            active[ei] = word_boundaries(emails[ei].body)
+        order = sorted(active)
+        reqs = []
+        for ei in order:
+            if active[ei]:
+                e, cursor = emails[ei], active[ei][0]
+                req = {"text": e.body[:cursor], "subject": e.subject, "cursor": cursor}
+                reqs.append((ei, cursor, req | {"draft_id": f"eval-{ei}-{e.id}"}))
+        outs = predictor.outcomes([r for _, _, r in reqs]) if reqs else []
+        for (ei, cursor, _), o in zip(reqs, outs):
             points.append(
                 Point(ei, cursor, o.reason == "ok", o.suggestion, o.confidence, o.reason, o.latency_ms)
             )
-        predictor.end_draft(draft)
-        if progress is not None:
-            progress(ei + 1, len(emails))
+            active[ei].pop(0)
+        for ei in order:
+            if not active[ei]:
+                del active[ei]
+                predictor.end_draft(f"eval-{ei}-{emails[ei].id}")
+                done += 1
+                if progress is not None:
+                    progress(done, len(emails))
+    points.sort(key=lambda p: (p.email, p.cursor))
     return points
 
 
@@ -140,6 +165,52 @@ def metrics_at(
     return out
 
 
+def verbatim_in_train(
+    points: Sequence[Point],
+    emails: Sequence[Email],
+    train_bodies: Iterable[str],
+    left: int = 3,
+    right: int = 5,
+) -> list[bool]:
+    """Per point: do the `left` words before the cursor and the `right` words after it occur, in that order
+    and as whitespace words, somewhere in the training bodies?
+
+    Such boundaries continue with text the training set holds verbatim (automated notices, forwarded
+    announcements, signatures): a count-based n-gram retrieves it exactly, a language model only once it has
+    memorised it. Splitting the figures on this mask separates recall of training text from generalisation.
+    """
+    k = left + right
+    seen: set[int] = set()
+    for body in train_bodies:
+        w = body.split()
+        seen.update(hash(tuple(w[i : i + k])) for i in range(len(w) - k + 1))
+    out = []
+    for p in points:
+        body = emails[p.email].body
+        before, after = body[: p.cursor].split()[-left:], body[p.cursor :].split()[:right]
+        out.append(len(before) == left and len(after) == right and hash(tuple(before + after)) in seen)
+    return out
+
+
+def exact_match_by_group(
+    points: Sequence[Point], emails: Sequence[Email], threshold: float, mask: Sequence[bool], max_n: int = 5
+) -> dict[str, dict[str, float]]:
+    """ExactMatch@N at one threshold over the points where `mask` holds ("verbatim") and where it does not
+    ("novel"); each group's figures count all of its boundaries (no suggestion = miss)."""
+    show = shown(points, threshold)
+    conts = _continuations(points, emails)
+    out: dict[str, dict[str, float]] = {}
+    for name, want in (("verbatim", True), ("novel", False)):
+        idx = [i for i, m in enumerate(mask) if m == want]
+        g: dict[str, float] = {"boundaries": float(len(idx))}
+        g["trigger_rate"] = sum(show[i] for i in idx) / len(idx) if idx else 0.0
+        for n in range(1, max_n + 1):
+            sugg = [points[i].suggestion if show[i] else "" for i in idx]
+            g[f"em@{n}"] = exact_match_at_n(sugg, [conts[i] for i in idx], n).score if idx else 0.0
+        out[name] = g
+    return out
+
+
 def sweep(
     points: Sequence[Point], emails: Sequence[Email], rates: Sequence[float], max_n: int = 5
 ) -> list[dict[str, float]]:
@@ -204,10 +275,12 @@ __all__ = [
     "calibrate",
     "chars_saved",
     "collect",
+    "exact_match_by_group",
     "latency",
     "metrics_at",
     "plot_curves",
     "sweep",
     "triggered_latency",
+    "verbatim_in_train",
     "word_boundaries",
 ]

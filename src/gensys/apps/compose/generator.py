@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -379,11 +379,15 @@ class TransformerBackend:
         subject_max_tokens: int,
         previous_max_tokens: int,
         session_cache_size: int = 256,
+        max_beam_rows: int = 0,
     ) -> None:
         self.model = model.eval()
         self.tok = tok
         self.token_bytes = TokenBytes(tok)
         self.num_beams = num_beams
+        # A call decoding many drafts at once gives each fewer beams (never below 2), so that its rows stay
+        # within this budget (0 = no budget): under load, latency matters more than the 3rd and 4th beam.
+        self.max_beam_rows = max_beam_rows
         self.max_new_tokens = max_new_tokens
         if model.cfg.pos == "learned":  # a learned table has no rows beyond max_seq_len
             max_context_tokens = min(max_context_tokens, model.cfg.max_seq_len)
@@ -463,17 +467,25 @@ class TransformerBackend:
                 out[i] = r
         return out
 
+    def beams_for(self, rows: int) -> int:
+        """Beams per draft for a call decoding `rows` drafts (see `max_beam_rows`)."""
+        if self.max_beam_rows <= 0 or rows * self.num_beams <= self.max_beam_rows:
+            return self.num_beams
+        return max(min(2, self.num_beams), self.max_beam_rows // rows)
+
     def _decode(
         self, ids: Tensor, mask: Tensor | None, tails: list[str], stepper, deadline: float | None
     ) -> list[list[Candidate] | None]:
-        procs: list[LogitsProcessor] = [
-            PrefixConstraint(self.token_bytes, tails, self.num_beams, ids.shape[1])
-        ]
+        beams = self.beams_for(ids.shape[0])
+        gen_cfg = self.gen_cfg
+        if beams != self.num_beams:
+            gen_cfg = replace(gen_cfg, num_beams=beams, num_return_sequences=beams)
+        procs: list[LogitsProcessor] = [PrefixConstraint(self.token_bytes, tails, beams, ids.shape[1])]
         if deadline is not None:
             procs.append(Deadline(deadline))
         try:
             res = generate(
-                self.model, ids, mask, self.gen_cfg, processors=procs, tokenizer=self.tok, stepper=stepper
+                self.model, ids, mask, gen_cfg, processors=procs, tokenizer=self.tok, stepper=stepper
             )
         except BudgetExceeded:
             return [None] * ids.shape[0]

@@ -193,6 +193,7 @@ def load_predictor(ckpt_dir: str | Path = "models/compose", **opts: Any) -> Comp
         subject_max_tokens=int(data.get("subject_max_tokens", 24)),
         previous_max_tokens=int(data.get("previous_max_tokens", 64)),
         session_cache_size=cfg.session_cache_size,
+        max_beam_rows=cfg.max_beam_rows,
     )
     threshold = opts.get("min_confidence")
     if threshold is None:

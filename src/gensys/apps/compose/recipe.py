@@ -233,15 +233,20 @@ def eval_main(argv: list[str]) -> int:
     systems: dict[str, ComposePredictor] = {"transformer": pred}
     if not args.no_ngram:
         systems["ngram"] = ComposePredictor(_ngram_backend(cfg, args.ngram, splits), pred.cfg)
+    # Boundaries whose next words (with the 3 before the cursor) occur verbatim in the training emails.
+    verbatim = None
     rates = [0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7, 1.0]
     curves: dict[str, list[dict[str, float]]] = {}
     report["systems"] = {}
     for name, predictor in systems.items():
         t1 = time.perf_counter()
-        dev_points = ev.collect(predictor, dev)
+        k = cfg.eval.drafts_at_once
+        dev_points = ev.collect(predictor, dev, drafts_at_once=k)
         thr = ev.calibrate(dev_points, rate)
-        test_points = ev.collect(predictor, test, progress=_progress(name))
+        test_points = ev.collect(predictor, test, progress=_progress(name), drafts_at_once=k)
         same_rate_thr = ev.calibrate(test_points, rate)
+        if verbatim is None:
+            verbatim = ev.verbatim_in_train(test_points, test, (e.body for e in splits["train"]))
         reasons: dict[str, int] = {}
         for pt in test_points:
             reasons[pt.reason] = reasons.get(pt.reason, 0) + 1
@@ -249,6 +254,9 @@ def eval_main(argv: list[str]) -> int:
             "dev_threshold": thr,
             "at_dev_threshold": ev.metrics_at(test_points, test, thr, cfg.eval.max_n),
             "at_same_trigger_rate": ev.metrics_at(test_points, test, same_rate_thr, cfg.eval.max_n),
+            "at_same_trigger_rate_by_group": ev.exact_match_by_group(
+                test_points, test, same_rate_thr, verbatim, cfg.eval.max_n
+            ),
             "latency_ms_all_requests": ev.latency(test_points),
             "latency_ms_model_requests": ev.triggered_latency(test_points),
             "reasons": reasons,
@@ -263,6 +271,7 @@ def eval_main(argv: list[str]) -> int:
         _log(f"{name}: done in {time.perf_counter() - t1:.0f} s")
     report["curves"] = curves
     report["test_emails"], report["dev_emails"] = len(test), len(dev)
+    report["drafts_at_once"] = cfg.eval.drafts_at_once  # > 1: latencies are of batched calls
     ev.plot_curves(curves, str(out / "em_vs_trigger.png"))
     atomic_write_text(out / "report.json", json.dumps(report, indent=2) + "\n")
     table = report_table(report)
@@ -317,6 +326,29 @@ def report_table(report: dict[str, Any]) -> str:
             )
     lines.append("")
     lines.append("EM@N counts every word boundary (no suggestion = miss); 'EM@3 shown' is among shown ones.")
+    groups = {n: s["at_same_trigger_rate_by_group"] for n, s in report["systems"].items()
+              if "at_same_trigger_rate_by_group" in s}  # fmt: skip
+    if groups:
+        lines += [
+            "",
+            "Same trigger rate, split by whether the 3 words before the cursor and the 5 after occur "
+            "verbatim in the training emails:",
+            "",
+            "| system | group | share of boundaries | trigger rate | EM@1 | EM@2 | EM@3 | EM@4 | EM@5 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, g in groups.items():
+            total = sum(x["boundaries"] for x in g.values()) or 1.0
+            for label, m in g.items():
+                ems = " | ".join(f"{m[f'em@{n}']:.3f}" for n in range(1, 6))
+                lines.append(
+                    f"| {name} | {label} | {m['boundaries'] / total:.3f} | {m['trigger_rate']:.3f} | {ems} |"
+                )
+    if report.get("drafts_at_once", 1) > 1:
+        lines.append("")
+        lines.append(
+            f"Latencies are of calls batching {report['drafts_at_once']} drafts (eval.drafts_at_once)."
+        )
     return "\n".join(lines) + "\n"
 
 
