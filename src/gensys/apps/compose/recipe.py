@@ -221,7 +221,15 @@ def eval_main(argv: list[str]) -> int:
         raise DataError("eval needs at least one dev and one test email")
     rate = cfg.eval.target_trigger_rate
 
-    pred = load_predictor(args.ckpt, latency_budget_ms=args.budget_ms)
+    # The checkpoint carries its serving settings; `suggest.*` overrides on this command line replace them
+    # (e.g. suggest.num_beams=2), the config file's suggest section does not.
+    given = {
+        o.split("=", 1)[0].strip().removeprefix("suggest.")
+        for o in args.overrides
+        if o.startswith("suggest.")
+    }
+    opts = {k: getattr(cfg.suggest, k) for k in given - {"min_confidence", "latency_budget_ms"}}
+    pred = load_predictor(args.ckpt, latency_budget_ms=args.budget_ms, **opts)
     model, _, tok = load_checkpoint(args.ckpt)
     assert tok is not None
     report: dict[str, Any] = {"ckpt": str(args.ckpt), "target_trigger_rate": rate}
