@@ -151,6 +151,23 @@ def test_eos_and_token_stop_sequences_end_rows(lm):
     assert (out.sequences[1, 5 + k :] == PAD).all()
 
 
+@pytest.mark.parametrize("beams", [1, 3])
+def test_custom_stop_criteria_end_rows_like_a_stop_sequence(lm, beams):
+    ids = torch.stack(_prompts([5, 5], seed=0))
+    free = generate(lm, ids, config=GenerationConfig(max_new_tokens=12)).sequences[:, 5:]
+    a, b = int(free[0, 3]), int(free[0, 4])
+    kw = {"strategy": "beam", "num_beams": beams} if beams > 1 else {}
+    cfg = GenerationConfig(max_new_tokens=12, pad_token_id=PAD, **kw)
+    want = generate(lm, ids, config=cfg.replace(stop_token_ids=[[a, b]]))
+
+    def ends_with_ab(seqs: torch.Tensor) -> torch.Tensor:  # (N, T) -> (N,)
+        return (seqs[:, -2] == a) & (seqs[:, -1] == b) & torch.tensor(seqs.shape[1] >= 7)
+
+    got = generate(lm, ids, config=cfg, stopping=[ends_with_ab])
+    assert [[h.tokens for h in nb] for nb in got.nbest] == [[h.tokens for h in nb] for nb in want.nbest]
+    assert got.nbest[0][0].tokens[-2:] == [a, b] or beams > 1
+
+
 def _word_tokenizer() -> Tokenizer:
     tok = Tokenizer(WordLevel({f"w{i}": i for i in range(V)}, unk_token="w0"))
     tok.pre_tokenizer = WhitespaceSplit()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -241,6 +241,7 @@ def generate_steps(
     stepper: Stepper | None = None,
     output_scores: bool = False,
     emit: bool = True,
+    stopping: Sequence[Callable[[Tensor], Tensor]] = (),
 ) -> Generator[TokenStep | BeamStep, None, GenerationOutput]:
     """`generate` as a generator of per-step events (see `gensys.generate.stream` for text deltas)."""
     cfg = config or GenerationConfig()
@@ -273,6 +274,7 @@ def generate_steps(
         stop_strings=cfg.stop_strings or (),
         decode=decode,
         prompt_length=t0,
+        extra=stopping,
     )
     if cfg.strategy == SAMPLE and generator is None and cfg.seed is not None:
         generator = torch.Generator(device=input_ids.device).manual_seed(cfg.seed)
@@ -371,6 +373,7 @@ def generate(
     generator: torch.Generator | Sequence[torch.Generator] | None = None,
     stepper: Stepper | None = None,
     output_scores: bool = False,
+    stopping: Sequence[Callable[[Tensor], Tensor]] = (),
 ) -> GenerationOutput:
     """Decode continuations of `input_ids` (B, T) (left-padded with `attention_mask`) under `config`.
 
@@ -378,12 +381,14 @@ def generate(
     through `encoder_inputs` (args of `model.encode`) and `memory_mask` (B, S); `input_ids` is then the
     decoder prompt, by default one `decoder_start_token_id` per row. `processors` adds custom logits
     processors after the configured ones; `generator` overrides `config.seed` (a list gives each row its own
-    stream). With `output_scores` the per-step processed scores are kept (HF's `output_scores`).
+    stream). With `output_scores` the per-step processed scores are kept (HF's `output_scores`). `stopping`
+    adds custom stop criteria: each maps the sequences so far (N, T), prompt included, to a bool (N,) of rows
+    that are finished with their newest token (like a stop string).
     """
     gen = generate_steps(
         model, input_ids, attention_mask, config,
         encoder_inputs=encoder_inputs, memory_mask=memory_mask, processors=processors, tokenizer=tokenizer,
-        generator=generator, stepper=stepper, output_scores=output_scores, emit=False,
+        generator=generator, stepper=stepper, output_scores=output_scores, emit=False, stopping=stopping,
     )  # fmt: skip
     return run_to_end(gen)
 

@@ -36,6 +36,8 @@ class StopCriteria:
     stop_strings: Sequence[str] = ()
     decode: Callable[[list[int]], str] | None = None
     prompt_length: int = 0
+    # Caller-defined stops: seqs (N, T) -> bool (N,), True where a row is finished (e.g. a word limit).
+    extra: Sequence[Callable[[Tensor], Tensor]] = ()
     _stop_seqs: list[Tensor] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -63,6 +65,8 @@ class StopCriteria:
                 if not done[i]:
                     text = self.decode(tail)
                     done[i] = any(s in text for s in self.stop_strings)
+        for fn in self.extra:
+            done |= fn(seqs).to(done.device)
         return done
 
 

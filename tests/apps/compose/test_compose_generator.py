@@ -196,6 +196,23 @@ def test_a_row_budget_gives_each_draft_of_a_big_call_fewer_beams(tiny_tok, tiny_
     assert len(be.propose(items[:2])[0]) == 4  # 2 drafts x 4 beams fit: all 4 beams
 
 
+def test_stopping_at_the_word_limit_ends_hypotheses_early(tiny_tok, tiny_model):
+    items = [
+        PromptItem("Lunch", "", "Can we meet", " to", draft_id=None),
+        PromptItem("Report", "", "I will send it after the meeting", " ", draft_id=None),
+    ]
+    free = _backend(tiny_model, tiny_tok, beams=3, new=12).propose(items)
+    be = _backend(tiny_model, tiny_tok, beams=3, new=12)
+    be.stop_after_words = 1
+    short = be.propose(items)
+    for cands, it in zip(short, items):
+        for c in cands:
+            assert len(c.text[len(it.tail) :].split()) <= 2  # at most the word limit and one begun word
+            assert c.ended in ("eos", "stop", "length")
+    # Without the stop some candidates run past it (the random model rarely ends on its own).
+    assert any(len(c.text[len(it.tail) :].split()) > 2 for cands, it in zip(free, items) for c in cands)
+
+
 def test_typing_in_several_drafts_syncs_them_in_one_batch_like_each_alone(tiny_tok, tiny_model):
     """Drafts with caches run their new tokens as one left-padded batch; logits and caches = one by one."""
     from gensys.apps.compose.generator import sync_sessions

@@ -64,6 +64,8 @@ class SuggestConfig:
     max_context_tokens: int = 256  # prompt window (subject + previous + body so far)
     # Filtering.
     max_words: int = 5
+    # Finish a beam hypothesis once it has begun word max_words + 1 instead of decoding to max_new_tokens.
+    stop_at_max_words: bool = False
     long_policy: Literal["truncate", "drop"] = "truncate"  # what happens to a candidate beyond max_words
     min_confidence: float = 0.35  # exp(mean token log-prob); `calibration.json` in a checkpoint overrides it
     target_trigger_rate: float = 0.2  # what calibration on dev aims at

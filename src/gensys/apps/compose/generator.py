@@ -380,6 +380,7 @@ class TransformerBackend:
         previous_max_tokens: int,
         session_cache_size: int = 256,
         max_beam_rows: int = 0,
+        stop_after_words: int = 0,
     ) -> None:
         self.model = model.eval()
         self.tok = tok
@@ -388,6 +389,10 @@ class TransformerBackend:
         # A call decoding many drafts at once gives each fewer beams (never below 2), so that its rows stay
         # within this budget (0 = no budget): under load, latency matters more than the 3rd and 4th beam.
         self.max_beam_rows = max_beam_rows
+        # A hypothesis whose text has begun word `stop_after_words` + 1 is finished (0 = off): post-processing
+        # keeps at most max_words words, so decoding further only costs time. It ends as "length" (the last,
+        # begun word is dropped).
+        self.stop_after_words = stop_after_words
         self.max_new_tokens = max_new_tokens
         if model.cfg.pos == "learned":  # a learned table has no rows beyond max_seq_len
             max_context_tokens = min(max_context_tokens, model.cfg.max_seq_len)
@@ -483,10 +488,20 @@ class TransformerBackend:
         procs: list[LogitsProcessor] = [PrefixConstraint(self.token_bytes, tails, beams, ids.shape[1])]
         if deadline is not None:
             procs.append(Deadline(deadline))
+        stopping = []
+        if self.stop_after_words > 0:
+            t0, limit, decode = ids.shape[1], self.stop_after_words, self.tok.decode
+
+            def enough_words(seqs: Tensor) -> Tensor:  # (N, T) -> (N,)
+                rows = seqs[:, t0:].tolist()
+                return torch.tensor([len(decode(r).split()) > limit for r in rows], dtype=torch.bool)
+
+            stopping.append(enough_words)
         try:
             res = generate(
-                self.model, ids, mask, gen_cfg, processors=procs, tokenizer=self.tok, stepper=stepper
-            )
+                self.model, ids, mask, gen_cfg, processors=procs, tokenizer=self.tok, stepper=stepper,
+                stopping=stopping,
+            )  # fmt: skip
         except BudgetExceeded:
             return [None] * ids.shape[0]
         return [[self._candidates(h.tokens, h.score) for h in hyps] for hyps in res.nbest]
