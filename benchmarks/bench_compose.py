@@ -156,6 +156,13 @@ def main() -> None:
         default=None,
         help="override suggest.max_beam_rows (drafts x beams per call)",
     )
+    ap.add_argument("--min-beams", type=int, default=None, help="override suggest.min_beams")
+    ap.add_argument(
+        "--stop-at-max-words",
+        choices=("true", "false"),
+        default=None,
+        help="override suggest.stop_at_max_words",
+    )
     ap.add_argument("--window-ms", type=float, default=5.0, help="dynamic batching window (serve config)")
     ap.add_argument("--no-batching", action="store_true", help="also run the users as unbatched threads")
     ap.add_argument("--quick", action="store_true")
@@ -163,7 +170,14 @@ def main() -> None:
     if args.quick:
         args.emails, args.boundaries = 4, 15
     torch.set_num_threads(args.threads)
-    opts = {"num_beams": args.beams, "max_new_tokens": args.new_tokens, "max_beam_rows": args.max_beam_rows}
+    opts = {
+        "num_beams": args.beams,
+        "max_new_tokens": args.new_tokens,
+        "max_beam_rows": args.max_beam_rows,
+        "min_beams": args.min_beams,
+    }
+    if args.stop_at_max_words is not None:
+        opts["stop_at_max_words"] = args.stop_at_max_words == "true"
     opts = {k: v for k, v in opts.items() if v is not None}
     pred = load_predictor(Path(args.ckpt), min_confidence=0.0, latency_budget_ms=0, **opts)
     emails = read_split(data_path("compose/aeslc_test.jsonl.gz"), min_words=3, limit=args.emails)
@@ -179,6 +193,7 @@ def main() -> None:
     cfg = pred.cfg
     print(
         f"checkpoint {args.ckpt}: beams {cfg.num_beams} (max rows per call {cfg.max_beam_rows or 'any'}), "
+        f"stop at {cfg.max_words} words: {cfg.stop_at_max_words}, "
         f"max_new_tokens {cfg.max_new_tokens}, "
         f"{args.emails} test emails x <= {args.boundaries} word boundaries, torch threads {args.threads}"
     )

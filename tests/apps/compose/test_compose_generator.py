@@ -194,6 +194,11 @@ def test_a_row_budget_gives_each_draft_of_a_big_call_fewer_beams(tiny_tok, tiny_
         assert [c.text for c in got] == [c.text for c in want]
         assert [c.confidence for c in got] == pytest.approx([c.confidence for c in want], rel=1e-4)
     assert len(be.propose(items[:2])[0]) == 4  # 2 drafts x 4 beams fit: all 4 beams
+    be.min_beams, be.max_beam_rows = 1, 2  # under heavy load one beam each: greedy, like each draft alone
+    one = _backend(tiny_model, tiny_tok, beams=1)
+    alone = [one.propose([PromptItem(it.subject, it.previous, it.prefix, it.tail)])[0] for it in items]
+    for got, want in zip(be.propose(items), alone):
+        assert [c.text for c in got] == [c.text for c in want] and len(got) == 1
 
 
 def test_stopping_at_the_word_limit_ends_hypotheses_early(tiny_tok, tiny_model):

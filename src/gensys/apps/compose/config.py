@@ -58,14 +58,16 @@ class SuggestConfig:
     # Phrase generation (beam search over gensys.generate).
     num_beams: int = 4
     # Rows (drafts x beams) one batched call may decode: with more concurrent drafts each gets fewer beams
-    # (at least 2). 0 = always num_beams. benchmarks/bench_compose.py measures the effect on latency.
-    max_beam_rows: int = 0
+    # (at least 2). 0 = always num_beams. docs/compose.md has its effect on latency and ExactMatch.
+    max_beam_rows: int = 8
+    min_beams: int = 1  # the fewest beams per draft that max_beam_rows may leave (1: greedy under load)
     max_new_tokens: int = 10
     max_context_tokens: int = 256  # prompt window (subject + previous + body so far)
     # Filtering.
     max_words: int = 5
-    # Finish a beam hypothesis once it has begun word max_words + 1 instead of decoding to max_new_tokens.
-    stop_at_max_words: bool = False
+    # Finish a beam hypothesis once it has begun word max_words + 1 instead of decoding to max_new_tokens
+    # (what follows would be cut anyway).
+    stop_at_max_words: bool = True
     long_policy: Literal["truncate", "drop"] = "truncate"  # what happens to a candidate beyond max_words
     min_confidence: float = 0.35  # exp(mean token log-prob); `calibration.json` in a checkpoint overrides it
     target_trigger_rate: float = 0.2  # what calibration on dev aims at

@@ -381,14 +381,16 @@ class TransformerBackend:
         session_cache_size: int = 256,
         max_beam_rows: int = 0,
         stop_after_words: int = 0,
+        min_beams: int = 2,
     ) -> None:
         self.model = model.eval()
         self.tok = tok
         self.token_bytes = TokenBytes(tok)
         self.num_beams = num_beams
-        # A call decoding many drafts at once gives each fewer beams (never below 2), so that its rows stay
-        # within this budget (0 = no budget): under load, latency matters more than the 3rd and 4th beam.
+        # A call decoding many drafts at once gives each fewer beams (never below `min_beams`), so that its
+        # rows stay within this budget (0 = no budget): under load, latency matters more than extra beams.
         self.max_beam_rows = max_beam_rows
+        self.min_beams = max(1, min_beams)
         # A hypothesis whose text has begun word `stop_after_words` + 1 is finished (0 = off): post-processing
         # keeps at most max_words words, so decoding further only costs time. It ends as "length" (the last,
         # begun word is dropped).
@@ -476,7 +478,7 @@ class TransformerBackend:
         """Beams per draft for a call decoding `rows` drafts (see `max_beam_rows`)."""
         if self.max_beam_rows <= 0 or rows * self.num_beams <= self.max_beam_rows:
             return self.num_beams
-        return max(min(2, self.num_beams), self.max_beam_rows // rows)
+        return max(min(self.min_beams, self.num_beams), self.max_beam_rows // rows)
 
     def _decode(
         self, ids: Tensor, mask: Tensor | None, tails: list[str], stepper, deadline: float | None

@@ -194,6 +194,7 @@ def load_predictor(ckpt_dir: str | Path = "models/compose", **opts: Any) -> Comp
         previous_max_tokens=int(data.get("previous_max_tokens", 64)),
         session_cache_size=cfg.session_cache_size,
         max_beam_rows=cfg.max_beam_rows,
+        min_beams=cfg.min_beams,
         stop_after_words=cfg.max_words if cfg.stop_at_max_words else 0,
     )
     threshold = opts.get("min_confidence")
