@@ -49,3 +49,9 @@ def test_shipped_demo_checkpoint_if_present():
 
     r = load_predictor(ckpt).suggest("Please let me ", subject="Meeting")
     assert set(r) >= {"suggestion", "confidence", "triggered", "reason", "latency_ms"}
+
+
+@pytest.mark.parametrize("bad", ["suggest.max_beam_rows=-1", "suggest.min_beams=0"])
+def test_beam_budget_settings_are_checked(bad):
+    with pytest.raises((ConfigError, ValueError), match="max_beam_rows|min_beams"):
+        load_config(Config, ROOT / "configs/compose/tiny.yaml", [bad])

@@ -181,8 +181,8 @@ def test_concurrent_drafts_decode_in_one_batch_like_each_alone(tiny_tok, tiny_mo
 
 def test_a_row_budget_gives_each_draft_of_a_big_call_fewer_beams(tiny_tok, tiny_model):
     be = _backend(tiny_model, tiny_tok, beams=4)
-    be.max_beam_rows = 8
-    assert [be.beams_for(n) for n in (1, 2, 3, 4, 8)] == [4, 4, 2, 2, 2]  # never fewer than 2
+    be.max_beam_rows, be.min_beams = 8, 2
+    assert [be.beams_for(n) for n in (1, 2, 3, 4, 8)] == [4, 4, 2, 2, 2]  # never fewer than min_beams
     items = [
         PromptItem("Lunch", "", "Can we meet", " to", draft_id="a"),
         PromptItem("Report", "", "I will send it after the meeting", " ", draft_id="b"),

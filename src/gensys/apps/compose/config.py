@@ -58,7 +58,7 @@ class SuggestConfig:
     # Phrase generation (beam search over gensys.generate).
     num_beams: int = 4
     # Rows (drafts x beams) one batched call may decode: with more concurrent drafts each gets fewer beams
-    # (at least 2). 0 = always num_beams. docs/compose.md has its effect on latency and ExactMatch.
+    # (at least min_beams). 0 = always num_beams. docs/compose.md has its effect on latency and ExactMatch.
     max_beam_rows: int = 8
     min_beams: int = 1  # the fewest beams per draft that max_beam_rows may leave (1: greedy under load)
     max_new_tokens: int = 10
@@ -76,8 +76,10 @@ class SuggestConfig:
     session_cache_size: int = 256  # drafts whose KV cache is kept (least recently used are dropped)
 
     def __post_init__(self) -> None:
-        if self.num_beams < 1 or self.max_new_tokens < 1 or self.max_words < 1:
-            raise ValueError("num_beams, max_new_tokens and max_words must be >= 1")
+        if self.num_beams < 1 or self.max_new_tokens < 1 or self.max_words < 1 or self.min_beams < 1:
+            raise ValueError("num_beams, min_beams, max_new_tokens and max_words must be >= 1")
+        if self.max_beam_rows < 0:
+            raise ValueError(f"max_beam_rows must be >= 0 (0 = no limit), got {self.max_beam_rows}")
         if not 0.0 < self.target_trigger_rate <= 1.0:
             raise ValueError(f"target_trigger_rate must be in (0, 1], got {self.target_trigger_rate}")
 

@@ -197,17 +197,12 @@ def exact_match_by_group(
 ) -> dict[str, dict[str, float]]:
     """ExactMatch@N at one threshold over the points where `mask` holds ("verbatim") and where it does not
     ("novel"); each group's figures count all of its boundaries (no suggestion = miss)."""
-    show = shown(points, threshold)
-    conts = _continuations(points, emails)
+    keys = ["boundaries", "trigger_rate"] + [f"em@{n}" for n in range(1, max_n + 1)]
     out: dict[str, dict[str, float]] = {}
     for name, want in (("verbatim", True), ("novel", False)):
-        idx = [i for i, m in enumerate(mask) if m == want]
-        g: dict[str, float] = {"boundaries": float(len(idx))}
-        g["trigger_rate"] = sum(show[i] for i in idx) / len(idx) if idx else 0.0
-        for n in range(1, max_n + 1):
-            sugg = [points[i].suggestion if show[i] else "" for i in idx]
-            g[f"em@{n}"] = exact_match_at_n(sugg, [conts[i] for i in idx], n).score if idx else 0.0
-        out[name] = g
+        group = [p for p, m in zip(points, mask) if m == want]
+        m = metrics_at(group, emails, threshold, max_n) if group else dict.fromkeys(keys, 0.0)
+        out[name] = {k: m[k] for k in keys}
     return out
 
 

@@ -381,7 +381,7 @@ class TransformerBackend:
         session_cache_size: int = 256,
         max_beam_rows: int = 0,
         stop_after_words: int = 0,
-        min_beams: int = 2,
+        min_beams: int = 1,
     ) -> None:
         self.model = model.eval()
         self.tok = tok
