@@ -94,12 +94,14 @@ def hf_kwargs(case: str, new_tokens: int) -> dict:
     return kw
 
 
-def our_config(case: str, new_tokens: int) -> GenerationConfig:
+def our_config(case: str, new_tokens: int, decode_path: str = "auto") -> GenerationConfig:
     if case == "sample":
-        return GenerationConfig(strategy="sample", max_new_tokens=new_tokens, top_k=50, top_p=0.9, seed=0)
-    if case == "beam4":
-        return GenerationConfig(strategy="beam", num_beams=4, max_new_tokens=new_tokens, pad_token_id=0)
-    return GenerationConfig(max_new_tokens=new_tokens, pad_token_id=0)
+        cfg = GenerationConfig(strategy="sample", max_new_tokens=new_tokens, top_k=50, top_p=0.9, seed=0)
+    elif case == "beam4":
+        cfg = GenerationConfig(strategy="beam", num_beams=4, max_new_tokens=new_tokens, pad_token_id=0)
+    else:
+        cfg = GenerationConfig(max_new_tokens=new_tokens, pad_token_id=0)
+    return cfg.replace(decode_path=decode_path)
 
 
 def run_case(
@@ -115,7 +117,7 @@ def run_case(
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(2, VOCAB, (batch, prompt_len), generator=g)
     mask = torch.ones_like(ids)
-    cfg = our_config(case, args.new_tokens)
+    cfg = our_config(case, args.new_tokens, args.decode_path)
     if kind == "decoder":
 
         def ours_fn():
@@ -160,7 +162,8 @@ def decoding_overhead(kind: str, ours: torch.nn.Module, args: argparse.Namespace
     """Time of `generate` (greedy, batch 1) over a bare argmax loop on the same model and cache, minus 1:
     the cost of the decoding library itself (processors, bookkeeping, stepper), as opposed to the model's."""
     ids = torch.randint(2, VOCAB, (1, args.prompt_len), generator=torch.Generator().manual_seed(0))
-    cfg = GenerationConfig(max_new_tokens=args.new_tokens, pad_token_id=0)
+    # The bare loop steps the model's modules with a KVCache, so the library is timed on that path too.
+    cfg = GenerationConfig(max_new_tokens=args.new_tokens, pad_token_id=0, decode_path="modules")
 
     def bare():
         cache = ours.new_cache()
@@ -212,6 +215,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--quick", action="store_true", help="3 repeats of 16 tokens")
     p.add_argument(
+        "--decode-path",
+        choices=("auto", "modules", "static", "compiled"),
+        default="auto",
+        help="gensys's model step (GenerationConfig.decode_path); compiled: compilation happens in the "
+        "untimed warm-up round of each case",
+    )
+    p.add_argument(
         "--clock",
         choices=("wall", "cpu"),
         default="wall",
@@ -231,6 +241,7 @@ def main() -> None:
     cases = [("greedy", 1, short), ("greedy", 8, short), ("sample", 8, short), ("beam4", 1, short)]
     cases.append(("beam4", 1, long))
     run = f"threads={args.threads} new_tokens={args.new_tokens} repeats={args.repeats} clock={args.clock}"
+    run += f" decode_path={args.decode_path}"
     print(f"{run} torch={torch.__version__}")
     cols = f"{'gensys tok/s':>13} {'HF tok/s':>9} {'ratio':>6}   (medians: gensys, HF, ratio)"
     print(f"{'model':<22} {'case':<7} {'batch':>5} {'prompt':>6} {cols}")

@@ -126,10 +126,12 @@ CASES = {
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("n_eos", [1, 2])
-def test_matches_hf_generate(pair, case, n_eos):
+@pytest.mark.parametrize("path", ["modules", "static"])
+def test_matches_hf_generate(pair, case, n_eos, path):
+    """Both model steps: the modules with a growing KVCache, and the fixed-shape step (nn.static_decode)."""
     hf, ours, prompts, common = pair
     eos = common[0] if n_eos == 1 else common[:2]
-    cfg = GenerationConfig(**CASES[case], eos_token_id=eos, pad_token_id=PAD)
+    cfg = GenerationConfig(**CASES[case], eos_token_id=eos, pad_token_id=PAD, decode_path=path)
     out = generate(ours, prompts, config=cfg, output_scores=True)
     ref = hf.generate(prompts, attention_mask=torch.ones_like(prompts), **_hf_kwargs(cfg))
     _assert_same(ref, out, beam=cfg.strategy == "beam")
@@ -138,14 +140,18 @@ def test_matches_hf_generate(pair, case, n_eos):
 
 
 @pytest.mark.parametrize("case", ["greedy_eos", "greedy_penalties", "beam4_nbest", "beam3_lp_early"])
-def test_left_padded_batch_matches_hf(pair, case):
+@pytest.mark.parametrize("path", ["modules", "static"])
+def test_left_padded_batch_matches_hf(pair, case, path):
     hf, ours, prompts, common = pair
     ids = prompts.clone()
     mask = torch.ones_like(ids)
     ids[0, :3], mask[0, :3] = PAD, 0  # row 0 has a 3-token prompt, row 2 a 5-token one
     ids[2, :1], mask[2, :1] = PAD, 0
     cfg = GenerationConfig(
-        **{**CASES[case], "no_repeat_ngram_size": None}, eos_token_id=common[0], pad_token_id=PAD
+        **{**CASES[case], "no_repeat_ngram_size": None},
+        eos_token_id=common[0],
+        pad_token_id=PAD,
+        decode_path=path,
     )
     out = generate(ours, ids, mask, config=cfg, output_scores=True)
     ref = hf.generate(ids, attention_mask=mask, **_hf_kwargs(cfg))
@@ -240,7 +246,10 @@ def test_beam_search_on_a_shared_prompt_cache_matches_hf(pair, case, padded, mon
     if padded:
         ids[0, :3], mask[0, :3] = PAD, 0
     cfg = GenerationConfig(
-        **{**CASES[case], "no_repeat_ngram_size": None}, eos_token_id=common[0], pad_token_id=PAD
+        **{**CASES[case], "no_repeat_ngram_size": None},
+        eos_token_id=common[0],
+        pad_token_id=PAD,
+        decode_path="modules",  # the shared prefix lives in KVCache, not in the fixed-shape step's buffers
     )
     out = generate(ours, ids, mask, config=cfg, output_scores=True)
     ref = hf.generate(ids, attention_mask=mask, **_hf_kwargs(cfg))

@@ -71,10 +71,17 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_encoder_decoder_matches_hf_generate(pair, case):
+@pytest.mark.parametrize("path", ["modules", "static"])
+def test_encoder_decoder_matches_hf_generate(pair, case, path):
     hf, ours, src, mask, eos = pair
     # Output padding id 2, not the model's pad 0: HF fills finished beams with `pad or eos` (0 -> EOS).
-    cfg = GenerationConfig(**CASES[case], eos_token_id=eos, pad_token_id=2, decoder_start_token_id=START)
+    cfg = GenerationConfig(
+        **CASES[case], eos_token_id=eos, pad_token_id=2, decoder_start_token_id=START, decode_path=path
+    )
+    if path == "static" and ours.step_spec() is None:  # T5: relative position biases are not covered
+        with pytest.raises(ValueError, match="no fixed-shape decode step"):
+            generate(ours, None, config=cfg, encoder_inputs=(src, mask), memory_mask=mask)
+        return
     out = generate(ours, None, config=cfg, encoder_inputs=(src, mask), memory_mask=mask, output_scores=True)
     kw = {k: v for k, v in CASES[case].items() if k != "strategy"}
     kw["num_beams"] = kw.get("num_beams", 1)
@@ -116,3 +123,25 @@ def test_captioner_batch_equals_one_image_at_a_time():
         model, None, config=gcfg.replace(strategy="greedy", num_beams=None), encoder_inputs=(images,)
     )
     assert torch.equal(events[-1].output.sequences, greedy.sequences)
+
+
+def test_captioner_static_step_equals_the_module_path():
+    torch.manual_seed(0)
+    cfg = CaptionerConfig(
+        vocab_size=40, image_size=16, patch_size=8, enc_d_model=32, enc_layers=1, enc_heads=2, enc_d_ff=64,
+        d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=32, init_std=0.2,
+    )  # fmt: skip
+    model = Captioner(cfg).eval()
+    images = torch.randn(3, 3, 16, 16)
+    gcfg = GenerationConfig(
+        strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=8, eos_token_id=2,
+        decoder_start_token_id=1,
+    )  # fmt: skip
+    outs = [
+        generate(
+            model, None, config=gcfg.replace(decode_path=p), encoder_inputs=(images,), output_scores=True
+        )
+        for p in ("modules", "static")
+    ]
+    assert torch.equal(outs[0].sequences, outs[1].sequences)
+    torch.testing.assert_close(outs[0].sequences_scores, outs[1].sequences_scores, atol=1e-5, rtol=1e-5)

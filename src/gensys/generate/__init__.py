@@ -3,6 +3,10 @@
 Composable pieces: logits processors (`processors`), a `Stepper` per model kind (`stepper`), strategies
 (`search`: greedy / sampling / beam search), streaming (`stream`), and one entry point `generate(model, ids,
 mask, GenerationConfig(...))`.
+
+After the prompt, each step runs either the model's modules with a growing `KVCache` or, by default where
+the model offers it (`step_spec()`), one fixed-shape function over preallocated buffers
+(`gensys.nn.static_decode`, `StaticStepper`), optionally compiled: `GenerationConfig.decode_path`.
 """
 
 from gensys.generate.core import (
@@ -18,6 +22,7 @@ from gensys.generate.stepper import (
     DecoderOnlyStepper,
     EncoderDecoderStepper,
     RecomputeStepper,
+    StaticStepper,
     Stepper,
     make_stepper,
 )
@@ -34,6 +39,7 @@ __all__ = [
     "LogitsProcessor",
     "ProcessorList",
     "RecomputeStepper",
+    "StaticStepper",
     "Stepper",
     "StreamEvent",
     "build_processors",

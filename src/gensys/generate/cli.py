@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from gensys.errors import GensysError
-from gensys.generate.core import GenerationConfig, generate
+from gensys.generate.core import DECODE_PATHS, GenerationConfig, generate
 from gensys.generate.stream import stream
 
 
@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--bad-words", action="append", default=None, help="text that must not be generated")
     g.add_argument("--stop", action="append", default=None, help="stop string (cut from the output)")
     g.add_argument("--no-eos", action="store_true", help="ignore the tokenizer's EOS (always run to max)")
+    p.add_argument(
+        "--decode-path",
+        choices=DECODE_PATHS,
+        default="auto",
+        help="model step: modules (forward + KVCache), static (fixed-shape step), compiled (torch.compile of "
+        "it), auto (static where the model offers it)",
+    )
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to decoder-only prompts")
     p.add_argument("--json", action="store_true", help="print tokens and scores as JSON")
     p.add_argument("--stream", action="store_true", help="print text as it is generated (one prompt)")
@@ -99,6 +106,7 @@ def _config(a: argparse.Namespace, tok: Any) -> GenerationConfig:
         pad_token_id=tok.maybe_id("pad"),
         stop_strings=a.stop,
         decoder_start_token_id=tok.maybe_id("bos"),
+        decode_path=a.decode_path,
     )
 
 

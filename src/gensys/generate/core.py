@@ -46,7 +46,7 @@ from gensys.generate.search import (
     run_to_end,
     sample_search,
 )
-from gensys.generate.stepper import Stepper, make_stepper
+from gensys.generate.stepper import StaticStepper, Stepper, make_stepper, supports_static
 from gensys.nn.layers import decoding
 
 
@@ -54,6 +54,9 @@ class Detokenizer(Protocol):
     """Anything with `decode(ids) -> str` (gensys.data.tokenizer.Tokenizer, tokenizers.Tokenizer)."""
 
     def decode(self, ids: list[int]) -> str: ...
+
+
+DECODE_PATHS = ("auto", "modules", "static", "compiled")
 
 
 @dataclass
@@ -84,6 +87,10 @@ class GenerationConfig:
     stop_token_ids: list[list[int]] | None = None  # token-level stop sequences (kept in the output tokens)
     stop_strings: list[str] | None = None  # text-level stops (need a tokenizer); the text is cut before them
     decoder_start_token_id: int | None = None  # encoder-decoder: first decoder token when no prompt is given
+    # How each step runs the model: "modules" (the model's forward with a growing KVCache), "static" (one
+    # fixed-shape function over preallocated buffers, gensys.nn.static_decode), "compiled" (that function
+    # under torch.compile, compiled once per rows x capacity) or "auto" (static where the model offers it).
+    decode_path: Literal["auto", "modules", "static", "compiled"] = "auto"
 
     def eos_ids(self) -> list[int]:
         if self.eos_token_id is None:
@@ -121,6 +128,8 @@ class GenerationConfig:
                 raise GenerationConfigError(
                     f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams {self.beams()}"
                 )
+        if self.decode_path not in DECODE_PATHS:
+            raise GenerationConfigError(f"decode_path must be one of {DECODE_PATHS}: {self.decode_path!r}")
         if self.early_stopping not in (None, True, False, "never"):
             raise GenerationConfigError(
                 f"early_stopping must be true, false or 'never': {self.early_stopping!r}"
@@ -251,6 +260,16 @@ def generate_steps(
         if model is None:
             raise ValueError("pass a model or a stepper")
         stepper = make_stepper(model, encoder_inputs, memory_mask)
+        path = cfg.decode_path
+        if path == "auto":
+            path = "static" if supports_static(model) else "modules"
+        elif path != "modules" and not supports_static(model):
+            raise ValueError(
+                f"decode_path={path!r}: {type(model).__name__} has no fixed-shape decode step (e.g. relative "
+                "position biases); use 'modules' or 'auto'"
+            )
+        if path != "modules":
+            stepper = StaticStepper(stepper, cfg.max_new_tokens, compile=path == "compiled")
     if input_ids is None:
         if cfg.decoder_start_token_id is None or encoder_inputs is None:
             raise ValueError("input_ids is required (or encoder_inputs + decoder_start_token_id)")

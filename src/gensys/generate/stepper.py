@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from gensys.nn.static_decode import StaticDecoder, StaticState
+
 
 class Stepper(Protocol):
     """What greedy / sampling / beam search call; see the module docstring."""
@@ -189,6 +191,70 @@ class EncoderDecoderStepper:
         self.group *= n
 
 
+class StaticStepper:
+    """The fixed-shape decode step (`gensys.nn.static_decode`): prefill through `inner` (the module path, with
+    its `KVCache`), then every step as one function over preallocated buffers of `prompt + max_new_tokens`
+    slots; `compile=True` runs that function under `torch.compile` (compiled once per rows x capacity, so
+    capacities are rounded up to a multiple of 64 there). Needs `model.step_spec()` and `decoding(model)`
+    around the whole generation (which `generate` enters)."""
+
+    CAPACITY_MULTIPLE = 64
+
+    def __init__(
+        self,
+        inner: DecoderOnlyStepper | EncoderDecoderStepper,
+        max_new_tokens: int,
+        compile: bool = False,
+    ) -> None:
+        self.inner = inner
+        self.max_new_tokens = max_new_tokens
+        self.compile = compile
+        self.decoder: StaticDecoder | None = None
+        self.state: StaticState | None = None
+
+    def prefill(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        logits = self.inner.prefill(input_ids, attention_mask)  # (B, V)
+        inner, model = self.inner, self.inner.model
+        self.decoder = static_decoder(model, compile=self.compile)
+        capacity = input_ids.shape[1] + self.max_new_tokens
+        if self.compile:
+            capacity = -(-capacity // self.CAPACITY_MULTIPLE) * self.CAPACITY_MULTIPLE
+        memory_mask = inner.memory_mask if isinstance(inner, EncoderDecoderStepper) else None
+        self.state = self.decoder.load(inner.cache, inner.rows.mask, capacity, memory_mask=memory_mask)
+        inner.cache = None  # the state's buffers hold everything now
+        return logits
+
+    def step(self, tokens: Tensor) -> Tensor:
+        return self.decoder.step(self.state, tokens).float()  # (N, V)
+
+    def reorder(self, index: Tensor) -> None:
+        self.state.reorder(index)
+
+    def expand(self, n: int) -> None:
+        self.state.expand(n)
+
+
+def supports_static(model: nn.Module) -> bool:
+    """Whether `model` offers the fixed-shape decode step (`step_spec()` returning a spec)."""
+    return hasattr(model, "step_spec") and model.step_spec() is not None
+
+
+def static_decoder(model: nn.Module, compile: bool = False) -> StaticDecoder:
+    """`model`'s StaticDecoder, kept on the model between calls while its packed weights are unchanged (so a
+    compiled step is compiled once, not per call; it holds no per-call state). Call inside `decoding(model)`.
+    """
+    spec = model.step_spec() if hasattr(model, "step_spec") else None
+    if spec is None:
+        raise ValueError(f"{type(model).__name__} has no fixed-shape decode step (step_spec)")
+    key = "_gensys_static_decoder_compiled" if compile else "_gensys_static_decoder"
+    cached: StaticDecoder | None = model.__dict__.get(key)
+    if cached is not None and cached.same_weights(spec):
+        return cached
+    decoder = StaticDecoder(spec, compile=compile)
+    model.__dict__[key] = decoder  # a plain attribute: never a submodule, parameter or state
+    return decoder
+
+
 class RecomputeStepper:
     """Reference stepper without a cache: each step runs `forward(ids (N, T), mask (N, T)) -> (N, T, V)`
     over the whole sequence. Slow; used to prove that cached decoding gives the same tokens."""
@@ -238,6 +304,9 @@ __all__ = [
     "EncoderDecoderStepper",
     "PaddedRows",
     "RecomputeStepper",
+    "StaticStepper",
     "Stepper",
     "make_stepper",
+    "static_decoder",
+    "supports_static",
 ]

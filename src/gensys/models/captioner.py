@@ -20,6 +20,7 @@ from gensys.nn.block import Stack
 from gensys.nn.cache import KVCache
 from gensys.nn.layers import ACTIVATIONS, init_weights, make_norm
 from gensys.nn.positions import LearnedPositions, positions_from_mask, sinusoidal
+from gensys.nn.static_decode import StepSpec
 from gensys.nn.vision import CNNEncoder, ViTEncoder
 
 
@@ -161,6 +162,23 @@ class Captioner(nn.Module):
             raise ValueError("this captioner has no tag head (model.tag_head: false)")
         return self.tag_head(memory.mean(dim=1))
 
+    def embed_tokens(self, tgt_ids: Tensor, positions: Tensor) -> Tensor:
+        """Caption token embeddings plus their positions: (B, T, D)."""
+        x = self.tok_emb(tgt_ids)  # (B, T, D)
+        if self.pos_emb is not None:
+            return x + self.pos_emb(positions)
+        return x + sinusoidal(positions, self.cfg.d_model).to(x.dtype)
+
+    def step_spec(self) -> StepSpec:
+        """The caption decoder as `StaticDecoder` needs it (gensys.nn.static_decode)."""
+        return StepSpec(
+            embed=self.embed_tokens,
+            blocks=list(self.decoder.blocks),
+            final_norm=self.decoder.norm,
+            head_owner=self,
+            head=self.lm_head,
+        )
+
     def decode(
         self,
         tgt_ids: Tensor,
@@ -180,12 +198,7 @@ class Captioner(nn.Module):
                 positions = positions_from_mask(attention_mask, t)
             else:
                 positions = torch.arange(past, past + t, device=tgt_ids.device)[None]
-        x = self.tok_emb(tgt_ids)  # (B, T, D)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(positions)
-        else:
-            x = x + sinusoidal(positions, self.cfg.d_model).to(x.dtype)
-        x = self.drop(x)
+        x = self.drop(self.embed_tokens(tgt_ids, positions))  # (B, T, D)
         mask, is_causal = build_self_mask(attention_mask, t, past + t, causal=True)
         h = self.decoder(
             x,

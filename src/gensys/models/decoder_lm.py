@@ -24,6 +24,7 @@ from gensys.nn.block import TransformerBlock
 from gensys.nn.cache import KVCache
 from gensys.nn.layers import ACTIVATIONS, init_weights, make_norm, packed_linear
 from gensys.nn.positions import LearnedPositions, RotaryEmbedding, positions_from_mask, sinusoidal
+from gensys.nn.static_decode import StepSpec
 
 
 @dataclass
@@ -132,6 +133,26 @@ class DecoderLM(nn.Module):
         """An empty KV cache for incremental decoding with this model."""
         return KVCache(self.cfg.n_layers, initial_capacity)
 
+    def embed(self, input_ids: Tensor, positions: Tensor) -> Tensor:
+        """Token embeddings plus absolute positions (learned or sinusoidal; RoPE acts in attention)."""
+        x = self.tok_emb(input_ids)  # (B, T, D)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(positions)
+        elif self.cfg.pos == "sinusoidal":
+            x = x + sinusoidal(positions, self.cfg.d_model).to(x.dtype)
+        return x
+
+    def step_spec(self) -> StepSpec:
+        """The decoder as `StaticDecoder` needs it (the fixed-shape decode step, gensys.nn.static_decode)."""
+        return StepSpec(
+            embed=self.embed,
+            blocks=list(self.blocks),
+            final_norm=self.norm,
+            head_owner=self,
+            head=self.lm_head,
+            rope=self.rope,
+        )
+
     def hidden(
         self,
         input_ids: Tensor,
@@ -159,13 +180,8 @@ class DecoderLM(nn.Module):
                 positions = positions_from_mask(attention_mask, t)  # (B, T)
             else:
                 positions = torch.arange(past, past + t, device=input_ids.device)[None]  # (1, T)
-        x = self.tok_emb(input_ids)  # (B, T, D)
-        if self.pos_emb is not None:
-            x = x + self.pos_emb(positions)
-        elif self.cfg.pos == "sinusoidal":
-            x = x + sinusoidal(positions, self.cfg.d_model).to(x.dtype)
+        x = self.drop(self.embed(input_ids, positions))  # (B, T, D)
         rope = self.rope(positions) if self.rope is not None else None
-        x = self.drop(x)
         if segment_ids is not None:
             mask, is_causal = build_segment_mask(segment_ids), False  # (B, 1, T, T)
         else:

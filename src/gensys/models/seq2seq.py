@@ -28,6 +28,7 @@ from gensys.nn.block import Stack
 from gensys.nn.cache import KVCache
 from gensys.nn.layers import ACTIVATIONS, init_weights, make_norm, packed_linear
 from gensys.nn.positions import LearnedPositions, RelativePositionBias, positions_from_mask, sinusoidal
+from gensys.nn.static_decode import StepSpec
 
 
 @dataclass
@@ -148,6 +149,20 @@ class Seq2Seq(nn.Module):
         elif pos_emb is not None:
             x = x + pos_emb(positions)
         return self.drop(x)
+
+    def step_spec(self) -> StepSpec | None:
+        """The decoder as `StaticDecoder` needs it, or None with relative position biases (T5), which the
+        fixed-shape step does not cover."""
+        if self.dec_rel_bias is not None:
+            return None
+        return StepSpec(
+            embed=lambda ids, positions: self._embed(ids, positions, self.dec_pos_emb),
+            blocks=list(self.decoder.blocks),
+            final_norm=self.decoder.norm,
+            head_owner=self,
+            head=self.lm_head,
+            head_scale=self.cfg.d_model**-0.5 if self.cfg.tied_output_scale else 1.0,
+        )
 
     def encode(self, src_ids: Tensor, src_mask: Tensor | None = None) -> Tensor:
         """Memory (B, S, D) for src_ids (B, S); src_mask (B, S) with 1 = real token (either padding side)."""

@@ -68,6 +68,21 @@ def packed_linear(x: Tensor, owner: nn.Module, name: str, linears: Sequence[nn.M
         return None
     if x.numel() > DECODE_MAX_ROWS * x.shape[-1]:
         return None
+    entry = packed_weights(owner, name, linears)
+    if entry is None:
+        return None
+    weight, bias = entry
+    rows = x.reshape(-1, x.shape[-1])  # (N, in)
+    out = torch.mm(rows, weight) if bias is None else torch.addmm(bias, rows, weight)  # (N, out)
+    return out.view(*x.shape[:-1], weight.shape[1])
+
+
+def packed_weights(
+    owner: nn.Module, name: str, linears: Sequence[nn.Module]
+) -> tuple[Tensor, Tensor | None] | None:
+    """The decoding-layout weight (in, sum out) and bias (sum out,) | None that `packed_linear` multiplies by,
+    built on first use and kept on `owner` under `name` (checked for staleness by `decoding`); None when a
+    module is not a plain nn.Linear (or has hooks). Valid inside `decoding(model)` only."""
     packed = owner.__dict__.setdefault(_PACKED, {})
     entry = packed.get(name, False)
     if entry is False:
@@ -82,12 +97,7 @@ def packed_linear(x: Tensor, owner: nn.Module, name: str, linears: Sequence[nn.M
                     )  # (out,)
             entry = (_weights_key(linears), tuple(linears), weight, bias)
         packed[name] = entry
-    if entry is None:
-        return None
-    weight, bias = entry[2], entry[3]
-    rows = x.reshape(-1, x.shape[-1])  # (N, in)
-    out = torch.mm(rows, weight) if bias is None else torch.addmm(bias, rows, weight)  # (N, out)
-    return out.view(*x.shape[:-1], weight.shape[1])
+    return None if entry is None else (entry[2], entry[3])
 
 
 class RMSNorm(nn.Module):
@@ -194,4 +204,5 @@ __all__ = [
     "init_weights",
     "make_norm",
     "packed_linear",
+    "packed_weights",
 ]

@@ -1,0 +1,375 @@
+"""A decoding step of fixed shape over preallocated key/value buffers (the "static cache" decode path).
+
+`KVCache` grows by Python bookkeeping (lengths, doubling, prefixes) and the model's modules run one call each
+per step: at 1-8 rows a step is mostly call overhead, not arithmetic (benchmarks/README_generate.md). Here one
+function runs the whole step for one new token per row:
+
+    logits (N, V) = step(tokens (N,))
+
+over per-layer buffers (N, H_kv, capacity, D) that never change shape. Each step writes its keys/values into
+cache slot `slot` (one slot for all rows; a row's rotary/learned *position* is its own) and attends over all
+`capacity` slots with a mask of the valid ones, so every step has the same shapes. That makes the step one
+graph for `torch.compile` (`compile=True`: compiled once per (rows, capacity), then reused), and it is faster
+than the module path even uncompiled. The numerics are the model's own: norms, activations, rotary and the
+embedding are the model's modules and functions, and the matrices are the packed decoding copies of
+`packed_linear` (the same weights in (in, out) layout). What is written out here is the attention of one
+query against the buffers, and the residual wiring of `TransformerBlock` (pre- or post-norm).
+
+A model offers this path through `step_spec()` -> `StepSpec` (or None where a feature is not covered, e.g.
+relative position biases); `gensys.generate` builds a `StaticDecoder` from it after the usual prefill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from gensys.nn.block import TransformerBlock
+from gensys.nn.cache import KVCache
+from gensys.nn.layers import packed_weights
+from gensys.nn.positions import RotaryEmbedding, apply_rotary
+
+
+@dataclass
+class StepSpec:
+    """What a model tells `StaticDecoder` about its decoder.
+
+    embed: (ids (N, 1), positions (N, 1)) -> (N, 1, D), the input embedding with positions (no dropout at
+    decode time); blocks: the decoder's TransformerBlocks in order; final_norm: applied after the last block
+    (nn.Identity for post-norm stacks); head_owner / head: the output projection, packed under
+    `head_owner`'s "lm_head" entry as the module path does; head_scale multiplies the final hidden state
+    (T5's tied-output scale); rope: rotary tables when the model rotates q and k.
+    """
+
+    embed: Callable[[Tensor, Tensor], Tensor]
+    blocks: Sequence[TransformerBlock]
+    final_norm: nn.Module
+    head_owner: nn.Module
+    head: nn.Linear
+    head_scale: float = 1.0
+    rope: RotaryEmbedding | None = None
+
+
+@dataclass
+class _Layer:
+    block: TransformerBlock
+    qkv: tuple[Tensor, Tensor | None]
+    o: tuple[Tensor, Tensor | None]
+    cross_q: tuple[Tensor, Tensor | None] | None
+    cross_o: tuple[Tensor, Tensor | None] | None
+    up: tuple[Tensor, Tensor | None]  # gate|up for gated MLPs
+    down: tuple[Tensor, Tensor | None]
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    scale: float
+
+
+def _mm(x: Tensor, wb: tuple[Tensor, Tensor | None]) -> Tensor:
+    w, b = wb
+    return torch.mm(x, w) if b is None else torch.addmm(b, x, w)  # (N, out)
+
+
+def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
+    """One query per row: q (N, H, D) against k, v (N, H_kv, T, D) with an additive bias (N, 1, 1, T).
+
+    The query heads of one K/V head are the rows of one matmul (GQA without repeating K/V). -> (N, H * D)."""
+    n, h, d = q.shape
+    h_kv = k.shape[1]
+    qg = q.view(n, h_kv, h // h_kv, d)  # (N, H_kv, G, D)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).mul_(scale).add_(bias)  # (N, H_kv, G, T)
+    return torch.matmul(torch.softmax(scores, dim=-1), v).view(n, h * d)  # (N, H * D)
+
+
+def _sublayer(block: TransformerBlock, x: Tensor, norm: nn.Module, f: Callable[[Tensor], Tensor]) -> Tensor:
+    """TransformerBlock._sublayer at decode time (dropout is off)."""
+    return x + f(norm(x)) if block.pre_norm else norm(x + f(x))
+
+
+class StaticDecoder:
+    """The fixed-shape decode step of one model (its packed weights and, with `compile=True`, the compiled
+    step); it keeps no per-call state, so one instance serves every call on the model.
+
+    Build it inside `decoding(model)` (the packed weights come from there). After a prefill into a `KVCache`,
+    `state = load(cache, mask, capacity)` copies the prompt's keys/values (and cross-attention keys/values)
+    into a new `StaticState`; then `step(state, tokens)` per token, and `state.reorder(index)` /
+    `state.expand(n)` as beam search and sampling need them.
+    """
+
+    def __init__(self, spec: StepSpec, *, compile: bool = False) -> None:
+        self.spec = spec
+        self.layers = [self._layer(b) for b in spec.blocks]
+        head = packed_weights(spec.head_owner, "lm_head", (spec.head,))
+        if head is None:
+            raise ValueError("the output head is not a plain nn.Linear: no static decode step")
+        self.head = head
+        self.compile = compile
+        self._fn = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
+
+    def __deepcopy__(self, memo: dict) -> None:
+        # Kept on its model between calls (gensys.generate.stepper.static_decoder): a deep copy of the model
+        # (a reference policy, an EMA) builds its own from its own weights instead of copying this one.
+        return None
+
+    def same_weights(self, spec: StepSpec) -> bool:
+        """True while `spec`'s packed weights are the very tensors this decoder was built on (they are rebuilt
+        when the model's weights change), so a cached decoder (and its compiled step) can be reused."""
+        if len(spec.blocks) != len(self.layers):
+            return False
+        head = packed_weights(spec.head_owner, "lm_head", (spec.head,))
+        if head is None or head[0] is not self.head[0]:
+            return False
+        for block, layer in zip(spec.blocks, self.layers):
+            if block is not layer.block:
+                return False
+            a, m = block.attn, block.mlp
+            qkv = packed_weights(a, "qkv", a._qkv())
+            mlp_in = (m.up_proj,) if m.gate_proj is None else (m.gate_proj, m.up_proj)
+            down = packed_weights(m, "down", (m.down_proj,))
+            up = packed_weights(m, "up" if m.gate_proj is None else "gate_up", mlp_in)
+            o = packed_weights(a, "o", (a.o_proj,))
+            if any(x is None for x in (qkv, down, up, o)):
+                return False
+            if qkv[0] is not layer.qkv[0] or down[0] is not layer.down[0] or up[0] is not layer.up[0]:
+                return False
+            if o[0] is not layer.o[0]:
+                return False
+            c = block.cross_attn
+            if c is not None:
+                cq, co = packed_weights(c, "q", (c.q_proj,)), packed_weights(c, "o", (c.o_proj,))
+                if cq is None or co is None or cq[0] is not layer.cross_q[0] or co[0] is not layer.cross_o[0]:
+                    return False
+        return True
+
+    @staticmethod
+    def _layer(block: TransformerBlock) -> _Layer:
+        a, m = block.attn, block.mlp
+
+        def packed(
+            owner: nn.Module, name: str, linears: tuple[nn.Module, ...]
+        ) -> tuple[Tensor, Tensor | None]:
+            wb = packed_weights(owner, name, linears)
+            if wb is None:
+                raise ValueError(
+                    f"{type(owner).__name__}.{name} is not plain nn.Linear: no static decode step"
+                )
+            return wb
+
+        if a.dropout and block.training:
+            raise ValueError("static decoding runs in eval mode only")
+        mlp_in = (m.up_proj,) if m.gate_proj is None else (m.gate_proj, m.up_proj)
+        cross = block.cross_attn
+        return _Layer(
+            block=block,
+            qkv=packed(a, "qkv", a._qkv()),
+            o=packed(a, "o", (a.o_proj,)),
+            cross_q=None if cross is None else packed(cross, "q", (cross.q_proj,)),
+            cross_o=None if cross is None else packed(cross, "o", (cross.o_proj,)),
+            up=packed(m, "up" if m.gate_proj is None else "gate_up", mlp_in),
+            down=packed(m, "down", (m.down_proj,)),
+            n_heads=a.q_proj.out_features // a.head_dim,
+            n_kv_heads=a.k_proj.out_features // a.head_dim,
+            head_dim=a.head_dim,
+            scale=a.head_dim**-0.5 if a.scale is None else a.scale,
+        )
+
+    def load(
+        self, cache: KVCache, mask: Tensor | None, capacity: int, memory_mask: Tensor | None = None
+    ) -> StaticState:
+        """A new decoding state from a prefilled `cache` (B rows, length L, no shared prefix) with buffers of
+        `capacity` slots. mask: (B, L) bool, True at real prompt tokens (None: all real). memory_mask: (B, S),
+        1 = real source token, for cross-attention (None: all real)."""
+        cross = any(layer.cross_q is not None for layer in self.layers)
+        return StaticState(cache, len(self.layers), mask, capacity, memory_mask, cross)
+
+    def step(self, state: StaticState, tokens: Tensor) -> Tensor:
+        """Logits (N, V) for one new token per row, tokens (N,); appends to `state`."""
+        if state.slot >= state.capacity:
+            raise ValueError(f"static cache full: {state.capacity} slots")
+        slot = torch.full((1,), state.slot, dtype=torch.long, device=tokens.device)
+        state.valid[:, state.slot] = True
+        logits = self._fn(
+            tokens,
+            state.positions,
+            slot,
+            _bias(state.valid, state.k[0].dtype),
+            state.k,
+            state.v,
+            state.cross_k,
+            state.cross_v,
+            state.cross_bias,
+        )
+        state.positions = state.positions + 1
+        state.slot += 1
+        return logits
+
+    # ----------------------------------------------------------------------------------------------------
+    # the step
+
+    def _step(
+        self,
+        tokens: Tensor,
+        positions: Tensor,
+        slot: Tensor,
+        self_bias: Tensor,
+        ks: list[Tensor],
+        vs: list[Tensor],
+        cross_ks: list[Tensor],
+        cross_vs: list[Tensor],
+        cross_bias: Tensor | None,
+    ) -> Tensor:
+        spec = self.spec
+        n = tokens.shape[0]
+        x = spec.embed(tokens[:, None], positions[:, None])[:, 0]  # (N, D)
+        rope = None
+        if spec.rope is not None:
+            cos, sin = spec.rope(positions[:, None])  # (N, 1, 1, R/2)
+            rope = (cos, sin)
+        for i, layer in enumerate(self.layers):
+            blk = layer.block
+            h, h_kv, d = layer.n_heads, layer.n_kv_heads, layer.head_dim
+
+            def self_attn(y: Tensor, layer=layer, i=i, h=h, h_kv=h_kv, d=d) -> Tensor:
+                qkv = _mm(y, layer.qkv)  # (N, (H + 2 H_kv) D)
+                qk = qkv[:, : (h + h_kv) * d].reshape(n, h + h_kv, 1, d)  # (N, H + H_kv, 1, D)
+                if rope is not None:
+                    qk = apply_rotary(qk, *rope)
+                q, k = qk[:, :h, 0], qk[:, h:]  # (N, H, D), (N, H_kv, 1, D)
+                v = qkv[:, (h + h_kv) * d :].reshape(n, h_kv, 1, d)
+                ks[i].index_copy_(2, slot, k)  # this step's keys/values into slot `slot`, in place
+                vs[i].index_copy_(2, slot, v)
+                return _mm(_attend(q, ks[i], vs[i], self_bias, layer.scale), layer.o)
+
+            x = _sublayer(blk, x, blk.attn_norm, self_attn)
+            if layer.cross_q is not None:
+
+                def cross_attn(y: Tensor, layer=layer, i=i, h=h, d=d) -> Tensor:
+                    q = _mm(y, layer.cross_q).view(n, h, d)  # (N, H, D)
+                    b = cross_ks[i].shape[0]
+                    # The rows of one source (N = B * g) are the query rows of one matmul against its
+                    # keys: (B, H, g, D) @ (B, H, D, S).
+                    qg = q.view(b, n // b, h, d).transpose(1, 2)  # (B, H, g, D)
+                    scores = (
+                        torch.matmul(qg, cross_ks[i].transpose(-1, -2)).mul_(layer.scale).add_(cross_bias)
+                    )
+                    out = torch.matmul(torch.softmax(scores, dim=-1), cross_vs[i])  # (B, H, g, D)
+                    return _mm(out.transpose(1, 2).reshape(n, h * d), layer.cross_o)
+
+                x = _sublayer(blk, x, blk.cross_norm, cross_attn)
+
+            def mlp(y: Tensor, layer=layer, blk=blk) -> Tensor:
+                up = _mm(y, layer.up)  # (N, F) or (N, 2F) for gate|up
+                if blk.mlp.gate_proj is None:
+                    act = blk.mlp.act(up)
+                else:
+                    f = up.shape[1] // 2
+                    act = blk.mlp.act(up[:, :f]) * up[:, f:]
+                return _mm(act, layer.down)
+
+            x = _sublayer(blk, x, blk.mlp_norm, mlp)
+        x = spec.final_norm(x)
+        if spec.head_scale != 1.0:
+            x = x * spec.head_scale
+        return _mm(x, self.head)  # (N, V)
+
+
+class StaticState:
+    """The buffers of one generation call on the fixed-shape path (one per call, so concurrent calls on one
+    model never share them): per-layer keys/values (N, H_kv, capacity, D), the valid-slot mask (N, capacity),
+    each row's next position, the next slot, and cross-attention keys/values shared per source."""
+
+    def __init__(
+        self,
+        cache: KVCache,
+        n_layers: int,
+        mask: Tensor | None,
+        capacity: int,
+        memory_mask: Tensor | None,
+        cross: bool,
+    ) -> None:
+        if cache.prefix_length:
+            raise ValueError("load a cache before expand(): shared prefixes are not supported here")
+        length = cache.length
+        if capacity < length + 1:
+            raise ValueError(f"capacity {capacity} leaves no room after a {length}-token prompt")
+        self.k, self.v = [], []
+        for i in range(n_layers):
+            k, v = cache.keys_values(i)  # (B, H_kv, L, D)
+            kb = k.new_zeros(k.shape[0], k.shape[1], capacity, k.shape[3])
+            vb = v.new_zeros(kb.shape)
+            kb[:, :, :length], vb[:, :, :length] = k, v
+            self.k.append(kb)
+            self.v.append(vb)
+        b, dev = self.k[0].shape[0], self.k[0].device
+        self.valid = torch.zeros(b, capacity, dtype=torch.bool, device=dev)
+        self.valid[:, :length] = True if mask is None else mask.bool()
+        self.positions = self.valid.sum(1)  # (B,) = real tokens so far = next position
+        self.slot = length
+        self.cross_k, self.cross_v, self.cross_bias = [], [], None
+        if cross:
+            for i in range(n_layers):
+                kv = cache.get_cross(i)
+                if kv is None:
+                    raise ValueError(f"layer {i} has no cross-attention keys: prefill with the memory first")
+                self.cross_k.append(kv[0])
+                self.cross_v.append(kv[1])
+            s = self.cross_k[0].shape[2]
+            real = (
+                torch.ones(b, s, dtype=torch.bool, device=dev) if memory_mask is None else memory_mask.bool()
+            )
+            self.cross_bias = _bias(real, self.cross_k[0].dtype)
+        self.group = 1
+
+    @property
+    def capacity(self) -> int:
+        """Slots per row (prompt + room for new tokens)."""
+        return self.k[0].shape[2]
+
+    def _rows(self, fn: Callable[[Tensor], Tensor]) -> None:
+        self.k = [fn(t) for t in self.k]
+        self.v = [fn(t) for t in self.v]
+        self.valid = fn(self.valid)
+        self.positions = fn(self.positions)
+
+    def _cross(self, fn: Callable[[Tensor], Tensor]) -> None:
+        self.cross_k = [fn(t) for t in self.cross_k]
+        self.cross_v = [fn(t) for t in self.cross_v]
+        if self.cross_bias is not None:
+            self.cross_bias = fn(self.cross_bias)
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep rows `index` (N_new,) (beam search's parents)."""
+        n = self.valid.shape[0]
+        within = torch.arange(index.shape[0], device=index.device) // self.group
+        if index.shape[0] != n or not torch.equal(index // self.group, within):
+            # Rows move across sources: give every row its own copy of the encoder's keys/values again.
+            group = self.group
+            self._cross(lambda t: t.repeat_interleave(group, dim=0).index_select(0, index))
+            self.group = 1
+        if index.shape[0] != n:
+            self._rows(lambda t: t.index_select(0, index))
+            return
+        # Same row count (beam search): gather only the filled slots, in place. The buffers keep their
+        # identity and the empty capacity is not copied (a whole-buffer gather moved up to 2x the data).
+        filled = self.slot
+        for buf in (*self.k, *self.v):
+            buf[:, :, :filled] = buf[:, :, :filled].index_select(0, index)
+        self.valid = self.valid.index_select(0, index)
+        self.positions = self.positions.index_select(0, index)
+
+    def expand(self, n: int) -> None:
+        """Repeat each row n times (rows b*n .. b*n+n-1), after the prompt was computed once."""
+        self._rows(lambda t: t.repeat_interleave(n, dim=0))
+        self.group *= n
+
+
+def _bias(valid: Tensor, dtype: torch.dtype) -> Tensor:
+    """(N, T) bool -> additive (N, 1, 1, T) attention bias in `dtype`, 0 where valid and -inf elsewhere."""
+    zero = torch.zeros((), dtype=dtype, device=valid.device)
+    return torch.where(valid, zero, float("-inf"))[:, None, None, :]
+
+
+__all__ = ["StaticDecoder", "StaticState", "StepSpec"]
