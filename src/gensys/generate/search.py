@@ -241,6 +241,7 @@ def beam_search(
     row_offset = torch.arange(b, device=dev)[:, None] * k  # (B, 1) flat row of beam 0 of each prompt
     identity = torch.arange(b * k, device=dev)
     step_scores: list[Tensor] | None = [] if output_scores else None
+    any_finished = False  # has any hypothesis of any prompt finished yet?
 
     for s in range(max_new_tokens):
         cur = t0 + s
@@ -266,41 +267,49 @@ def beam_search(
         parents = _take(cand_parent, keep)
 
         # Finished hypotheses: merge the candidates that just finished (and may still matter) into the n-best.
+        # Most steps finish nothing: the merge is skipped then (it would only shuffle placeholder entries).
         gen_len = cur + 1 - t0
-        final = cand_scores / (gen_len**length_penalty)
-        final = final + (fin_done.all(dim=1, keepdim=True) & (early_stopping is True)).float() * _NEG
-        final = final + (~improvable).float() * _NEG
         just_done = hits & first_k[None, :]
-        final = final + (~just_done).float() * _NEG
-        merged = torch.cat([fin_scores, final], dim=1)
-        best = torch.topk(merged, k, dim=1).indices  # (B, K)
-        fin_scores = _take(merged, best)
-        fin_seqs = _take(torch.cat([fin_seqs, cand_seqs], dim=1), best)
-        fin_logprobs = _take(torch.cat([fin_logprobs, cand_scores], dim=1), best)
-        fin_lengths = _take(torch.cat([fin_lengths, torch.full_like(cand_parent, gen_len)], dim=1), best)
-        fin_done = _take(torch.cat([fin_done, just_done], dim=1), best)
+        finished_now = bool(just_done.any())
+        any_finished = any_finished or finished_now
+        if finished_now:
+            final = cand_scores / (gen_len**length_penalty)
+            final = final + (fin_done.all(dim=1, keepdim=True) & (early_stopping is True)).float() * _NEG
+            final = final + (~improvable).float() * _NEG
+            final = final + (~just_done).float() * _NEG
+            merged = torch.cat([fin_scores, final], dim=1)
+            best = torch.topk(merged, k, dim=1).indices  # (B, K)
+            fin_scores = _take(merged, best)
+            fin_seqs = _take(torch.cat([fin_seqs, cand_seqs], dim=1), best)
+            fin_logprobs = _take(torch.cat([fin_logprobs, cand_scores], dim=1), best)
+            fin_lengths = _take(torch.cat([fin_lengths, torch.full_like(cand_parent, gen_len)], dim=1), best)
+            fin_done = _take(torch.cat([fin_done, just_done], dim=1), best)
 
         flat_parents = (parents + row_offset).view(-1)  # (B*K,)
         if not torch.equal(flat_parents, identity):  # beams often keep their parent; skip the cache copy then
             stepper.reorder(flat_parents)
 
         # Could the best running beam still beat the worst finished one? (HF's heuristic, see module doc.)
+        # Until some hypothesis has finished every prompt can still improve, and no row can be all done
+        # (an all-finished step finishes first_k candidates too): no check, and no sync, is needed then.
         cur += 1
-        if early_stopping == "never" and length_penalty > 0.0:
-            best_len = t_max - t0
-        else:
-            best_len = cur - t0
-        best_running = run_scores[:, :1] / (best_len**length_penalty)
-        worst_done = torch.where(fin_done, fin_scores.min(dim=1, keepdim=True).values, _NEG)
-        improvable = improvable & (best_running > worst_done).any(dim=1, keepdim=True)
+        if any_finished:
+            if early_stopping == "never" and length_penalty > 0.0:
+                best_len = t_max - t0
+            else:
+                best_len = cur - t0
+            best_running = run_scores[:, :1] / (best_len**length_penalty)
+            worst_done = torch.where(fin_done, fin_scores.min(dim=1, keepdim=True).values, _NEG)
+            improvable = improvable & (best_running > worst_done).any(dim=1, keepdim=True)
 
         if emit:
             yield _best_so_far(
                 s, run_seqs, run_scores, fin_seqs, fin_scores, fin_lengths, fin_done, t0, cur, length_penalty
             )
-        more = bool(improvable.any()) and not (early_stopping is True and bool(fin_done.all()))
-        if not more or bool(hits.all()):
-            break
+        if any_finished:
+            more = bool(improvable.any()) and not (early_stopping is True and bool(fin_done.all()))
+            if not more or bool(hits.all()):
+                break
         logits = stepper.step(run_seqs[:, :, cur - 1].reshape(b * k))
 
     gen_max = int(fin_lengths.max())

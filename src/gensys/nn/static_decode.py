@@ -195,7 +195,7 @@ class StaticDecoder:
             tokens,
             state.positions,
             slot,
-            _bias(state.valid, state.k[0].dtype),
+            state.valid,
             state.k,
             state.v,
             state.cross_k,
@@ -214,7 +214,7 @@ class StaticDecoder:
         tokens: Tensor,
         positions: Tensor,
         slot: Tensor,
-        self_bias: Tensor,
+        valid: Tensor,
         ks: list[Tensor],
         vs: list[Tensor],
         cross_ks: list[Tensor],
@@ -223,6 +223,7 @@ class StaticDecoder:
     ) -> Tensor:
         spec = self.spec
         n = tokens.shape[0]
+        self_bias = _bias(valid, ks[0].dtype)  # (N, 1, 1, capacity), inside the (compiled) step
         x = spec.embed(tokens[:, None], positions[:, None])[:, 0]  # (N, D)
         rope = None
         if spec.rope is not None:
