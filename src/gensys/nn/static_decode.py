@@ -190,7 +190,7 @@ class StaticDecoder:
         if state.slot >= state.capacity:
             raise ValueError(f"static cache full: {state.capacity} slots")
         slot = torch.full((1,), state.slot, dtype=torch.long, device=tokens.device)
-        state.valid[:, state.slot] = True
+        state.valid[:, state.slot] = True  # this step's own slot becomes visible to every row
         logits = self._fn(
             tokens,
             state.positions,
@@ -202,7 +202,7 @@ class StaticDecoder:
             state.cross_v,
             state.cross_bias,
         )
-        state.positions = state.positions + 1
+        state.positions += 1  # in place: `positions` is this state's own tensor (reorder/expand copy it)
         state.slot += 1
         return logits
 
@@ -323,6 +323,8 @@ class StaticState:
             )
             self.cross_bias = _bias(real, self.cross_k[0].dtype)
         self.group = 1
+        self._group_ids: Tensor | None = None
+        self._group_ids_of = 0
 
     @property
     def capacity(self) -> int:
@@ -341,11 +343,20 @@ class StaticState:
         if self.cross_bias is not None:
             self.cross_bias = fn(self.cross_bias)
 
+    def _groups(self) -> Tensor:
+        """(N,) the source of each row, row // group (kept: beam search asks at nearly every step)."""
+        n = self.valid.shape[0]
+        cached = self._group_ids
+        if cached is None or cached.shape[0] != n or self._group_ids_of != self.group:
+            cached = torch.arange(n, device=self.valid.device) // self.group
+            self._group_ids, self._group_ids_of = cached, self.group
+        return cached
+
     def reorder(self, index: Tensor) -> None:
         """Keep rows `index` (N_new,) (beam search's parents)."""
         n = self.valid.shape[0]
-        within = torch.arange(index.shape[0], device=index.device) // self.group
-        if index.shape[0] != n or not torch.equal(index // self.group, within):
+        # (Decoder-only states have no encoder keys/values to keep or move.)
+        if self.cross_k and (index.shape[0] != n or not torch.equal(index // self.group, self._groups())):
             # Rows move across sources: give every row its own copy of the encoder's keys/values again.
             group = self.group
             self._cross(lambda t: t.repeat_interleave(group, dim=0).index_select(0, index))
