@@ -190,7 +190,16 @@ def test_compiled_step_equals_the_eager_static_step():
             dec = StaticDecoder(model.step_spec(), compile=compile)
             runs.append((dec, dec.load(cache, mask, capacity=16)))
         tok = logits.argmax(-1)
-        for _ in range(4):
+        for i in range(6):
+            if i == 2:  # new shapes mid-way: the compiled step must check its guards again (state.warm)
+                for _, state in runs:
+                    state.expand(2)
+                tok = tok.repeat_interleave(2)
+            if i == 4:
+                index = torch.tensor([1, 0, 2, 2, 5, 4])
+                for _, state in runs:
+                    state.reorder(index)
+                tok = tok[index]
             eager, compiled = (dec.step(state, tok) for dec, state in runs)
             torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
             tok = eager.argmax(-1)
