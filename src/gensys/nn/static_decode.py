@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from gensys.nn.attention import attend_one_query
 from gensys.nn.block import TransformerBlock
 from gensys.nn.cache import KVCache
 from gensys.nn.layers import packed_weights
@@ -73,15 +74,13 @@ def _mm(x: Tensor, wb: tuple[Tensor, Tensor | None]) -> Tensor:
     return torch.mm(x, w) if b is None else torch.addmm(b, x, w)  # (N, out)
 
 
-def _attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float) -> Tensor:
-    """One query per row: q (N, H, D) against k, v (N, H_kv, T, D) with an additive bias (N, 1, 1, T).
-
-    The query heads of one K/V head are the rows of one matmul (GQA without repeating K/V). -> (N, H * D)."""
-    n, h, d = q.shape
-    h_kv = k.shape[1]
-    qg = q.view(n, h_kv, h // h_kv, d)  # (N, H_kv, G, D)
-    scores = torch.matmul(qg, k.transpose(-1, -2)).mul_(scale).add_(bias)  # (N, H_kv, G, T)
-    return torch.matmul(torch.softmax(scores, dim=-1), v).view(n, h * d)  # (N, H * D)
+def _packed(layers: Sequence[_Layer], head: tuple[Tensor, Tensor | None] | None) -> list[Tensor | None]:
+    """Every packed weight a decoder multiplies by (their identities tell whether it is current)."""
+    mats = [head[0] if head is not None else None]
+    for layer in layers:
+        for wb in (layer.qkv, layer.o, layer.cross_q, layer.cross_o, layer.up, layer.down):
+            mats.append(None if wb is None else wb[0])
+    return mats
 
 
 def _sublayer(block: TransformerBlock, x: Tensor, norm: nn.Module, f: Callable[[Tensor], Tensor]) -> Tensor:
@@ -117,32 +116,15 @@ class StaticDecoder:
     def same_weights(self, spec: StepSpec) -> bool:
         """True while `spec`'s packed weights are the very tensors this decoder was built on (they are rebuilt
         when the model's weights change), so a cached decoder (and its compiled step) can be reused."""
-        if len(spec.blocks) != len(self.layers):
+        if [layer.block for layer in self.layers] != list(spec.blocks):
             return False
         head = packed_weights(spec.head_owner, "lm_head", (spec.head,))
-        if head is None or head[0] is not self.head[0]:
+        try:
+            layers = [self._layer(b) for b in spec.blocks]  # lookups of the packed copies, no new packing
+        except ValueError:
             return False
-        for block, layer in zip(spec.blocks, self.layers):
-            if block is not layer.block:
-                return False
-            a, m = block.attn, block.mlp
-            qkv = packed_weights(a, "qkv", a._qkv())
-            mlp_in = (m.up_proj,) if m.gate_proj is None else (m.gate_proj, m.up_proj)
-            down = packed_weights(m, "down", (m.down_proj,))
-            up = packed_weights(m, "up" if m.gate_proj is None else "gate_up", mlp_in)
-            o = packed_weights(a, "o", (a.o_proj,))
-            if any(x is None for x in (qkv, down, up, o)):
-                return False
-            if qkv[0] is not layer.qkv[0] or down[0] is not layer.down[0] or up[0] is not layer.up[0]:
-                return False
-            if o[0] is not layer.o[0]:
-                return False
-            c = block.cross_attn
-            if c is not None:
-                cq, co = packed_weights(c, "q", (c.q_proj,)), packed_weights(c, "o", (c.o_proj,))
-                if cq is None or co is None or cq[0] is not layer.cross_q[0] or co[0] is not layer.cross_o[0]:
-                    return False
-        return True
+        now, built = _packed(layers, head), _packed(self.layers, self.head)
+        return len(now) == len(built) and all(a is b for a, b in zip(now, built))
 
     @staticmethod
     def _layer(block: TransformerBlock) -> _Layer:
@@ -236,26 +218,25 @@ class StaticDecoder:
                 qk = qkv[:, : (h + h_kv) * d].reshape(n, h + h_kv, 1, d)  # (N, H + H_kv, 1, D)
                 if rope is not None:
                     qk = apply_rotary(qk, *rope)
-                q, k = qk[:, :h, 0], qk[:, h:]  # (N, H, D), (N, H_kv, 1, D)
+                q, k = qk[:, :h], qk[:, h:]  # (N, H, 1, D), (N, H_kv, 1, D)
                 v = qkv[:, (h + h_kv) * d :].reshape(n, h_kv, 1, d)
                 ks[i].index_copy_(2, slot, k)  # this step's keys/values into slot `slot`, in place
                 vs[i].index_copy_(2, slot, v)
-                return _mm(_attend(q, ks[i], vs[i], self_bias, layer.scale), layer.o)
+                out = attend_one_query(q, ks[i], vs[i], scale=layer.scale, bias=self_bias)  # (N, H, 1, D)
+                return _mm(out.reshape(n, h * d), layer.o)
 
             x = _sublayer(blk, x, blk.attn_norm, self_attn)
             if layer.cross_q is not None:
 
                 def cross_attn(y: Tensor, layer=layer, i=i, h=h, d=d) -> Tensor:
-                    q = _mm(y, layer.cross_q).view(n, h, d)  # (N, H, D)
                     b = cross_ks[i].shape[0]
-                    # The rows of one source (N = B * g) are the query rows of one matmul against its
-                    # keys: (B, H, g, D) @ (B, H, D, S).
-                    qg = q.view(b, n // b, h, d).transpose(1, 2)  # (B, H, g, D)
-                    scores = (
-                        torch.matmul(qg, cross_ks[i].transpose(-1, -2)).mul_(layer.scale).add_(cross_bias)
-                    )
-                    out = torch.matmul(torch.softmax(scores, dim=-1), cross_vs[i])  # (B, H, g, D)
-                    return _mm(out.transpose(1, 2).reshape(n, h * d), layer.cross_o)
+                    g = n // b  # rows (beams / samples) per source
+                    # The g rows of one source act as g query heads per cross-attention head, so each
+                    # source's keys are read once: (B, H * g, 1, D) against (B, H, S, D).
+                    q = _mm(y, layer.cross_q).view(b, g, h, d).transpose(1, 2).reshape(b, h * g, 1, d)
+                    out = attend_one_query(q, cross_ks[i], cross_vs[i], scale=layer.scale, bias=cross_bias)
+                    out = out.view(b, h, g, d).transpose(1, 2).reshape(n, h * d)  # (N, H * D)
+                    return _mm(out, layer.cross_o)
 
                 x = _sublayer(blk, x, blk.cross_norm, cross_attn)
 
