@@ -97,13 +97,17 @@ def test_encoder_decoder_matches_hf_generate(pair, case, path):
     assert (out.num_new_tokens < cfg.max_new_tokens).any()  # some hypothesis ended with EOS
 
 
-def test_captioner_batch_equals_one_image_at_a_time():
+def _tiny_captioner() -> Captioner:
     torch.manual_seed(0)
     cfg = CaptionerConfig(
         vocab_size=40, image_size=16, patch_size=8, enc_d_model=32, enc_layers=1, enc_heads=2, enc_d_ff=64,
         d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=32, init_std=0.2,
     )  # fmt: skip
-    model = Captioner(cfg)
+    return Captioner(cfg)
+
+
+def test_captioner_batch_equals_one_image_at_a_time():
+    model = _tiny_captioner()
     images = torch.randn(2, 3, 16, 16)
     gcfg = GenerationConfig(
         strategy="beam", num_beams=3, max_new_tokens=8, eos_token_id=2, decoder_start_token_id=1
@@ -126,12 +130,7 @@ def test_captioner_batch_equals_one_image_at_a_time():
 
 
 def test_captioner_static_step_equals_the_module_path():
-    torch.manual_seed(0)
-    cfg = CaptionerConfig(
-        vocab_size=40, image_size=16, patch_size=8, enc_d_model=32, enc_layers=1, enc_heads=2, enc_d_ff=64,
-        d_model=32, n_layers=2, n_heads=2, d_ff=64, max_seq_len=32, init_std=0.2,
-    )  # fmt: skip
-    model = Captioner(cfg).eval()
+    model = _tiny_captioner().eval()
     images = torch.randn(3, 3, 16, 16)
     gcfg = GenerationConfig(
         strategy="beam", num_beams=3, num_return_sequences=2, max_new_tokens=8, eos_token_id=2,
