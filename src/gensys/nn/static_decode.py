@@ -12,8 +12,9 @@ cache slot `slot` (one slot for all rows; a row's rotary/learned *position* is i
 graph for `torch.compile` (`compile=True`: compiled once per (rows, capacity), then reused), and it is faster
 than the module path even uncompiled. The numerics are the model's own: norms, activations, rotary and the
 embedding are the model's modules and functions, and the matrices are the packed decoding copies of
-`packed_linear` (the same weights in (in, out) layout). What is written out here is the attention of one
-query against the buffers, and the residual wiring of `TransformerBlock` (pre- or post-norm).
+`packed_linear` (the same weights in (in, out) layout), and attention is `attend_one_query` with a bias
+that masks unused slots. What is written out here is the slot write and the residual wiring of
+`TransformerBlock` (pre- or post-norm).
 
 A model offers this path through `step_spec()` -> `StepSpec` (or None where a feature is not covered, e.g.
 relative position biases); `gensys.generate` builds a `StaticDecoder` from it after the usual prefill.
