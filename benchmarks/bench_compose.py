@@ -163,6 +163,12 @@ def main() -> None:
         default=None,
         help="override suggest.stop_at_max_words",
     )
+    ap.add_argument(
+        "--memory",
+        choices=("true", "false"),
+        default=None,
+        help="override suggest.use_memory (the checkpoint's ∞-gram memory mixed into the LM)",
+    )
     ap.add_argument("--window-ms", type=float, default=5.0, help="dynamic batching window (serve config)")
     ap.add_argument("--no-batching", action="store_true", help="also run the users as unbatched threads")
     ap.add_argument("--quick", action="store_true")
@@ -178,6 +184,8 @@ def main() -> None:
     }
     if args.stop_at_max_words is not None:
         opts["stop_at_max_words"] = args.stop_at_max_words == "true"
+    if args.memory is not None:
+        opts["use_memory"] = args.memory == "true"
     opts = {k: v for k, v in opts.items() if v is not None}
     pred = load_predictor(Path(args.ckpt), min_confidence=0.0, latency_budget_ms=0, **opts)
     emails = read_split(data_path("compose/aeslc_test.jsonl.gz"), min_words=3, limit=args.emails)
@@ -194,6 +202,7 @@ def main() -> None:
     print(
         f"checkpoint {args.ckpt}: beams {cfg.num_beams} (max rows per call {cfg.max_beam_rows or 'any'}), "
         f"stop at {cfg.max_words} words: {cfg.stop_at_max_words}, "
+        f"memory: {getattr(pred.backend, 'memory', None) is not None}, "
         f"max_new_tokens {cfg.max_new_tokens}, "
         f"{args.emails} test emails x <= {args.boundaries} word boundaries, torch threads {args.threads}"
     )

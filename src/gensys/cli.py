@@ -58,6 +58,9 @@ SYSTEMS: dict[str, dict[str, Command]] = {
         "train": Command(
             "gensys.apps.compose.recipe:train_main", "train the phrase-generator LM (and the n-gram baseline)"
         ),
+        "memory": Command(
+            "gensys.apps.compose.recipe:memory_main", "add the ∞-gram memory of the train emails"
+        ),
         "eval": Command(
             "gensys.apps.compose.recipe:eval_main", "perplexity, ExactMatch@N, trigger rate, latency"
         ),

@@ -175,3 +175,47 @@ def test_valid_configs_pass_and_custom_processors_are_checked():
         check_applicable([TopK(3)], "beam")
     with pytest.raises(GenerationConfigError):
         Temperature(0.0)
+
+
+def test_corpus_fusion_mixes_probabilities():
+    from gensys.generate.processors import CorpusFusion
+    from gensys.models.infinigram import InfiniGram
+
+    index = InfiniGram.build([[5, 6, 7, 8], [1, 6, 7, 9], [6, 7, 8]], max_match=4)
+    weights = [0.0, 0.1, 0.5, 0.9]  # w[n]; longer matches take the last entry
+    proc = CorpusFusion(index, weights)
+    torch.manual_seed(0)
+    logits = torch.randn(3, 12)
+    ids = torch.tensor([[2, 5, 6, 7], [0, 0, 3, 3], [0, 1, 6, 7]])
+    out = proc(ids, logits)
+    p_model = logits.log_softmax(-1).exp()
+    # Row 0: "5 6 7" matched (n=3) -> next 8 once; row 1: nothing; row 2: "1 6 7" (n=3) -> 9.
+    want0 = (1 - 0.9) * p_model[0]
+    want0[8] += 0.9
+    assert torch.allclose(out[0].exp(), want0, atol=1e-6)
+    assert torch.allclose(out[1], logits[1].log_softmax(-1))
+    want2 = (1 - 0.9) * p_model[2]
+    want2[9] += 0.9
+    assert torch.allclose(out[2].exp(), want2, atol=1e-6)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(3), atol=1e-5)
+    # A two-token match "6 7" -> {8: 2, 9: 1} mixes with weight 0.5.
+    out = proc(torch.tensor([[4, 6, 7]]), logits[:1])
+    want = 0.5 * p_model[0]
+    want[8] += 0.5 * 2 / 3
+    want[9] += 0.5 / 3
+    assert torch.allclose(out[0].exp(), want, atol=1e-6)
+    with pytest.raises(GenerationConfigError):
+        CorpusFusion(index, [0.0, 1.0])
+
+
+def test_corpus_fusion_ignores_left_padding():
+    from gensys.generate.processors import CorpusFusion
+    from gensys.models.infinigram import InfiniGram
+
+    index = InfiniGram.build([[0, 3, 4]], max_match=4)  # token 0 doubles as the pad id here
+    logits = torch.zeros(1, 6)
+    padded = torch.tensor([[0, 0, 3]])
+    with_pad = CorpusFusion(index, [0.0, 0.2, 0.6], start=None)(padded, logits)
+    no_pad = CorpusFusion(index, [0.0, 0.2, 0.6], start=torch.tensor([2]))(padded, logits)
+    assert with_pad[0, 4].exp().item() == pytest.approx(0.4 / 6 + 0.6)  # "0 3" matched: n=2
+    assert no_pad[0, 4].exp().item() == pytest.approx(0.8 / 6 + 0.2)  # "3" only: n=1

@@ -41,13 +41,17 @@ def test_shipped_demo_checkpoint_if_present():
     ckpt = ROOT / "models" / "compose"
     if not (ckpt / "model.safetensors").is_file():
         pytest.skip("no demo checkpoint in models/compose yet")
-    total = sum(f.stat().st_size for f in ckpt.iterdir() if f.is_file())
+    memory = {"memory.safetensors", "memory.json"}  # the ∞-gram index of the train emails, 2 bytes a token
+    total = sum(f.stat().st_size for f in ckpt.iterdir() if f.is_file() and f.name not in memory)
     assert (ckpt / "model.safetensors").stat().st_size <= 10_000_000 and total <= 11_000_000
+    assert (ckpt / "memory.safetensors").stat().st_size <= 16_000_000
     cfg = json.loads((ckpt / "config.json").read_text())
     assert cfg["family"] == "decoder_lm" and cfg["weights_dtype"] == "float16"
     from gensys.apps.compose.predictor import load_predictor
 
-    r = load_predictor(ckpt).suggest("Please let me ", subject="Meeting")
+    pred = load_predictor(ckpt)
+    assert pred.backend.memory is not None
+    r = pred.suggest("Please let me ", subject="Meeting")
     assert set(r) >= {"suggestion", "confidence", "triggered", "reason", "latency_ms"}
 
 

@@ -242,3 +242,20 @@ def test_typing_in_several_drafts_syncs_them_in_one_batch_like_each_alone(tiny_t
                 torch.testing.assert_close(
                     a.cache.keys_values(layer), b.cache.keys_values(layer), atol=1e-5, rtol=1e-5
                 )
+
+
+def test_memory_lets_a_random_model_complete_a_training_email(tiny_tok, tiny_model, emails):
+    from gensys.apps.compose.memory import build_memory
+
+    index = build_memory(emails, tiny_tok, max_match=16)
+    # An email whose first 13 words are separated by single spaces (the prefix below is rebuilt from words).
+    body = next(e.body for e in emails if e.body.startswith(" ".join(e.body.split()[:13])))
+    words = body.split()
+    prefix, truth = " ".join(words[:10]), " ".join(words[10:13])
+    item = PromptItem("", "", prefix, " ")
+    plain = _backend(tiny_model, tiny_tok, beams=2, new=8).propose([item])[0]
+    be = _backend(tiny_model, tiny_tok, beams=2, new=8)
+    be.memory = (index, [0.0] + [0.99 - 1e-3] * 16)
+    best = be.propose([item])[0][0]
+    assert best.text.strip().startswith(truth)  # a random LM with the memory recalls the email
+    assert not plain[0].text.strip().startswith(truth)

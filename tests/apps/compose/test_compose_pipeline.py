@@ -38,6 +38,13 @@ def test_training_wrote_checkpoints_ngram_and_calibration(trained):
     assert cfg["weights_dtype"] == "float16" and cfg["compose"]["suggest"]["num_beams"] == 2
     calib = json.loads((export / CALIBRATION_FILE).read_text())
     assert 0.0 <= calib["min_confidence"] <= 1.0 and calib["target_trigger_rate"] == 0.2
+    # The ∞-gram memory of the train emails, with weights fitted on dev, and the predictor uses it.
+    meta = json.loads((export / "memory.json").read_text())
+    assert len(meta["weights"]) == meta["max_match"] + 1 and meta["weights"][0] == 0.0
+    assert all(0.0 <= w < 1.0 for w in meta["weights"]) and meta["fit_positions"] > 0
+    assert meta["dev_perplexity_with_memory"] <= meta["dev_perplexity_lm"] + 1e-6
+    assert load_predictor(export).backend.memory is not None
+    assert load_predictor(export, use_memory=False).backend.memory is None
 
 
 def test_suggest_returns_a_well_formed_answer(trained):
@@ -83,7 +90,7 @@ def test_eval_writes_report_table_and_plot(trained, capsys):
     sizes = ["eval.test_emails=2", "eval.dev_emails=1", "eval.ppl_emails=4"]
     assert eval_main([*argv, "--out", str(out), *sizes]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["perplexity"]["perplexity"] > 1
+    assert report["perplexity"]["perplexity"] > 1 and report["perplexity"]["with_memory"] > 1
     for name in ("transformer", "ngram"):
         m = report["systems"][name]["at_same_trigger_rate"]
         assert 0 <= m["trigger_rate"] <= 0.2 + 1e-9

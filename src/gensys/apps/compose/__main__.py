@@ -10,6 +10,7 @@ from gensys.errors import GensysError
 VERBS = {
     "prepare": recipe.prepare_main,
     "train": recipe.train_main,
+    "memory": recipe.memory_main,
     "eval": recipe.eval_main,
     "predict": recipe.predict_main,
 }

@@ -72,6 +72,9 @@ class SuggestConfig:
     min_confidence: float = 0.35  # exp(mean token log-prob); `calibration.json` in a checkpoint overrides it
     target_trigger_rate: float = 0.2  # what calibration on dev aims at
     block_gendered: bool = True  # no he/she/his/her/... guesses about people
+    # Mix the checkpoint's memory (an ∞-gram index of the training emails, see apps/compose/memory.py) into
+    # the LM at every decoding step, when the checkpoint has one.
+    use_memory: bool = True
     # Incremental serving.
     session_cache_size: int = 256  # drafts whose KV cache is kept (least recently used are dropped)
 
@@ -93,6 +96,20 @@ class NgramConfig:
     min_count: int = 2  # n-grams of order >= 2 seen fewer times are pruned (unigrams are all kept)
     discount: float = 0.75
     beam: int = 3  # word-level beam width
+
+
+@dataclass
+class MemoryConfig:
+    """The ∞-gram memory of the training emails that `train` adds to the exported checkpoint."""
+
+    enabled: bool = True
+    max_match: int = 32  # longest suffix (tokens) looked up; longer matches count as this long
+    fit_emails: int = 300  # dev emails whose tokens fit the interpolation weights
+    min_positions: int = 200  # dev tokens per fitted weight (rare match lengths share one)
+
+    def __post_init__(self) -> None:
+        if self.max_match < 1 or self.min_positions < 1:
+            raise ValueError("memory.max_match and memory.min_positions must be >= 1")
 
 
 @dataclass
@@ -144,9 +161,10 @@ class Config:
     train: TrainConfig = field(default_factory=_train)
     suggest: SuggestConfig = field(default_factory=SuggestConfig)
     ngram: NgramConfig = field(default_factory=NgramConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export_dir: str = ""  # after training: an fp16 copy with calibration.json here (models/compose for demo)
     calibrate_emails: int = 30  # dev emails used by `train` to calibrate the exported threshold
 
 
-__all__ = ["Config", "DataConfig", "EvalConfig", "NgramConfig", "SuggestConfig"]
+__all__ = ["Config", "DataConfig", "EvalConfig", "MemoryConfig", "NgramConfig", "SuggestConfig"]

@@ -30,6 +30,7 @@ from gensys.apps.compose.data import context_ids
 from gensys.data.batching import pad_batch
 from gensys.data.tokenizer import Tokenizer
 from gensys.generate import GenerationConfig, LogitsProcessor, generate
+from gensys.generate.processors import CorpusFusion, CorpusModel
 from gensys.generate.stepper import PaddedRows
 from gensys.models.decoder_lm import DecoderLM
 from gensys.nn.cache import KVCache, stack_left_padded
@@ -382,8 +383,11 @@ class TransformerBackend:
         max_beam_rows: int = 0,
         stop_after_words: int = 0,
         min_beams: int = 1,
+        memory: tuple[CorpusModel, list[float]] | None = None,
     ) -> None:
         self.model = model.eval()
+        # (index, weights): mixed into the LM at every step (apps/compose/memory.py); None = the LM alone.
+        self.memory = memory
         self.tok = tok
         self.token_bytes = TokenBytes(tok)
         self.num_beams = num_beams
@@ -487,7 +491,10 @@ class TransformerBackend:
         gen_cfg = self.gen_cfg
         if beams != self.num_beams:
             gen_cfg = replace(gen_cfg, num_beams=beams, num_return_sequences=beams)
-        procs: list[LogitsProcessor] = [PrefixConstraint(self.token_bytes, tails, beams, ids.shape[1])]
+        procs: list[LogitsProcessor] = []
+        if self.memory is not None:  # before the prefix constraint, which renormalises what it allows
+            procs.append(CorpusFusion(*self.memory))
+        procs.append(PrefixConstraint(self.token_bytes, tails, beams, ids.shape[1]))
         if deadline is not None:
             procs.append(Deadline(deadline))
         stopping = []

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from gensys.apps.compose.config import SuggestConfig
 from gensys.apps.compose.generator import Candidate, PromptItem, TransformerBackend
+from gensys.apps.compose.memory import load_memory
 from gensys.apps.compose.postprocess import finish_candidate
 from gensys.apps.compose.triggering import ComposeInputError, Decision, decide, parse_request
 from gensys.checkpoint import load_checkpoint
@@ -196,6 +197,7 @@ def load_predictor(ckpt_dir: str | Path = "models/compose", **opts: Any) -> Comp
         max_beam_rows=cfg.max_beam_rows,
         min_beams=cfg.min_beams,
         stop_after_words=cfg.max_words if cfg.stop_at_max_words else 0,
+        memory=load_memory(ckpt_dir) if cfg.use_memory else None,
     )
     threshold = opts.get("min_confidence")
     if threshold is None:

@@ -23,6 +23,7 @@ import torch
 from gensys.apps.compose import evaluate as ev
 from gensys.apps.compose.config import Config
 from gensys.apps.compose.data import Email, LengthBuckets, LMExamples, collate, load_prepared, prepare
+from gensys.apps.compose.memory import add_memory, held_out_positions, perplexities
 from gensys.apps.compose.ngram import NgramBackend, NgramLM
 from gensys.apps.compose.predictor import CALIBRATION_FILE, ComposePredictor, load_predictor
 from gensys.checkpoint import load_checkpoint, save_checkpoint
@@ -157,6 +158,9 @@ def train_main(argv: list[str]) -> int:
         config = {k: v for k, v in config.items() if k in ("family", "model", "compose", "step")}
         target = save_checkpoint(cfg.export_dir, model, config, tok, dtype=torch.float16)
         _log(f"exported fp16 checkpoint to {target}")
+    if cfg.memory.enabled:
+        model, _, _ = load_checkpoint(target)
+        add_memory(target, model, tok, splits["train"], splits["dev"], cfg.memory, cfg.data, log=_log)  # type: ignore[arg-type]
     if cfg.calibrate_emails > 0:
         pred = load_predictor(target, latency_budget_ms=0)
         threads = torch.get_num_threads()
@@ -166,6 +170,25 @@ def train_main(argv: list[str]) -> int:
         finally:
             torch.set_num_threads(threads)
         _write_calibration(target, thr, cfg.suggest.target_trigger_rate, cfg.calibrate_emails)
+    return 0
+
+
+def memory_main(argv: list[str]) -> int:
+    """Add the ∞-gram memory of the train emails to a checkpoint, fit its weights on dev, recalibrate."""
+    p = _parser("memory", memory_main.__doc__ or "")
+    p.add_argument("--ckpt", default="models/compose", help="compose checkpoint directory (written in place)")
+    args = p.parse_intermixed_args(argv)
+    cfg = _load(args)
+    splits, _ = _prepared(cfg)
+    model, _, tok = load_checkpoint(args.ckpt)
+    if tok is None:
+        raise DataError(f"{args.ckpt} has no tokenizer.json")
+    add_memory(args.ckpt, model, tok, splits["train"], splits["dev"], cfg.memory, cfg.data, log=_log)  # type: ignore[arg-type]
+    if cfg.calibrate_emails > 0:  # the threshold was set for the LM alone: suggestions' confidences moved
+        pred = load_predictor(args.ckpt, latency_budget_ms=0)
+        torch.set_num_threads(1)
+        thr = _calibrate(pred, splits["dev"][: cfg.calibrate_emails], cfg.suggest.target_trigger_rate)
+        _write_calibration(Path(args.ckpt), thr, cfg.suggest.target_trigger_rate, cfg.calibrate_emails)
     return 0
 
 
@@ -207,6 +230,8 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--out", default=None, help="report directory (default: eval.out_dir)")
     p.add_argument("--budget-ms", type=float, default=0.0, help="latency budget during eval (0 = none)")
     p.add_argument("--no-ngram", action="store_true", help="evaluate the transformer only")
+    p.add_argument("--no-transformer", action="store_true",
+                   help="evaluate the n-gram baseline only (e.g. with other ngram.* settings)")  # fmt: skip
     p.add_argument("--write-calibration", action="store_true", help="store the dev threshold in --ckpt")
     p.add_argument("--threads", type=int, default=1, help=_THREADS_HELP)
     args = p.parse_intermixed_args(argv)
@@ -237,8 +262,13 @@ def eval_main(argv: list[str]) -> int:
     ppl_emails = splits["test"][: cfg.eval.ppl_emails or None]
     report["perplexity"] = perplexity_on(model, tok, ppl_emails, cfg)  # type: ignore[arg-type]
     _log(f"test perplexity {report['perplexity']['perplexity']:.2f} ({time.perf_counter() - t0:.0f} s)")
+    memory = getattr(pred.backend, "memory", None)
+    if memory is not None:  # the same tokens scored by the LM mixed with the ∞-gram memory
+        positions = held_out_positions(model, tok, memory[0], ppl_emails, cfg.data)  # type: ignore[arg-type]
+        report["perplexity"]["with_memory"] = perplexities(positions, memory[1])[1]
+        _log(f"test perplexity with the memory {report['perplexity']['with_memory']:.2f}")
 
-    systems: dict[str, ComposePredictor] = {"transformer": pred}
+    systems: dict[str, ComposePredictor] = {} if args.no_transformer else {"transformer": pred}
     if not args.no_ngram:
         systems["ngram"] = ComposePredictor(_ngram_backend(cfg, args.ngram, splits), pred.cfg)
     # Boundaries whose next words (with the 3 before the cursor) occur verbatim in the training emails.
@@ -313,7 +343,8 @@ def report_table(report: dict[str, Any]) -> str:
     """Markdown: the systems side by side at the same trigger rate (and at the dev-calibrated threshold)."""
     ppl = report["perplexity"]
     lines = [
-        f"Test perplexity (transformer, per BPE token): {ppl['perplexity']:.2f} over {ppl['tokens']} tokens",
+        f"Test perplexity (transformer, per BPE token): {ppl['perplexity']:.2f} over {ppl['tokens']} tokens"
+        + (f"; with its ∞-gram memory: {ppl['with_memory']:.2f}" if "with_memory" in ppl else ""),
         "",
         f"Word boundaries of {report['test_emails']} test emails; thresholds calibrated on "
         f"{report['dev_emails']} dev emails for a {report['target_trigger_rate']:.0%} trigger rate.",
@@ -405,4 +436,12 @@ def predict_main(argv: list[str]) -> int:
     return 0
 
 
-__all__ = ["eval_main", "predict_main", "prepare_main", "perplexity_on", "report_table", "train_main"]
+__all__ = [
+    "eval_main",
+    "memory_main",
+    "predict_main",
+    "prepare_main",
+    "perplexity_on",
+    "report_table",
+    "train_main",
+]
