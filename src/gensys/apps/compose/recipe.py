@@ -240,7 +240,7 @@ def eval_main(argv: list[str]) -> int:
     out = Path(args.out or cfg.eval.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     splits, _ = _prepared(cfg)
-    test = splits["test"][: cfg.eval.test_emails or None]
+    test = splits["test"][cfg.eval.test_start :][: cfg.eval.test_emails or None]
     dev = splits["dev"][: cfg.eval.dev_emails or None]
     if not test or not dev:
         raise DataError("eval needs at least one dev and one test email")
