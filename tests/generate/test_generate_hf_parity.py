@@ -7,6 +7,7 @@ cached `generate` with the same settings.
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 
 import pytest
@@ -253,4 +254,36 @@ def test_beam_search_on_a_shared_prompt_cache_matches_hf(pair, case, padded, mon
     )
     out = generate(ours, ids, mask, config=cfg, output_scores=True)
     ref = hf.generate(ids, attention_mask=mask, **_hf_kwargs(cfg))
+    _assert_same(ref, out, beam=True)
+
+
+def test_wide_vocabulary_beam_search_matches_hf():
+    """A vocabulary wide enough (4 beams x 4000) that the candidate top-k takes the blocked path."""
+    torch.manual_seed(3)
+    cfg = GPT2Config(n_layer=1, n_embd=32, n_head=4, vocab_size=4000, n_positions=64, initializer_range=0.2)
+    hf = GPT2LMHeadModel(cfg).eval()
+    ours = model_from_hf(hf)
+    prompts = torch.randint(3, 4000, (2, 5), generator=torch.Generator().manual_seed(8))
+    gen = GenerationConfig(
+        strategy="beam",
+        num_beams=4,
+        num_return_sequences=2,
+        max_new_tokens=8,
+        eos_token_id=7,
+        pad_token_id=PAD,
+    )
+    out = generate(ours, prompts, config=gen, output_scores=True)
+    ref = hf.generate(prompts, attention_mask=torch.ones_like(prompts), **_hf_kwargs(gen))
+    _assert_same(ref, out, beam=True)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_compiled_decode_path_matches_hf_beam_search(pair):
+    """The Inductor-compiled step (traced once per layout, no Dynamo guards) through a whole beam search."""
+    hf, ours, prompts, common = pair
+    cfg = GenerationConfig(
+        **CASES["beam4_nbest"], eos_token_id=common[0], pad_token_id=PAD, decode_path="compiled"
+    )
+    out = generate(ours, prompts, config=cfg, output_scores=True)
+    ref = hf.generate(prompts, attention_mask=torch.ones_like(prompts), **_hf_kwargs(cfg))
     _assert_same(ref, out, beam=True)

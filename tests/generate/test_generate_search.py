@@ -194,3 +194,17 @@ def test_encoder_decoder_needs_source_and_rejects_misuse(lm):
         generate(lm, torch.ones(1, 2, dtype=torch.long), encoder_inputs=(torch.ones(1, 2),))
     with pytest.raises(ValueError, match="left-padded"):
         generate(lm, torch.ones(1, 3, dtype=torch.long), torch.tensor([[1, 1, 0]]))
+
+
+@pytest.mark.parametrize("width", [999, 32000, 4 * 50257])
+def test_top_candidates_equal_torch_topk(width):
+    from gensys.generate.search import top_candidates
+
+    g = torch.Generator().manual_seed(width)
+    scores = torch.randn(3, width, generator=g)
+    scores[1, : width // 2] = float("-inf")  # masked tokens (a constraint, banned words)
+    scores[2, 17] = 50.0  # one far ahead
+    for k in (1, 8):
+        want_v, want_i = torch.topk(scores, k, dim=1)
+        got_v, got_i = top_candidates(scores, k)
+        assert torch.equal(got_v, want_v) and torch.equal(got_i, want_i)

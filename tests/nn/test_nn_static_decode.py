@@ -191,7 +191,7 @@ def test_compiled_step_equals_the_eager_static_step():
             runs.append((dec, dec.load(cache, mask, capacity=16)))
         tok = logits.argmax(-1)
         for i in range(6):
-            if i == 2:  # new shapes mid-way: the compiled step must check its guards again (state.warm)
+            if i == 2:  # new shapes mid-way: the state looks its compiled graph up again
                 for _, state in runs:
                     state.expand(2)
                 tok = tok.repeat_interleave(2)
