@@ -72,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
         "--decode-path",
         choices=DECODE_PATHS,
         default="auto",
-        help="model step: modules (forward + KVCache), static (fixed-shape step), compiled (torch.compile of "
-        "it), auto (static where the model offers it)",
+        help="model step: modules (forward + KVCache), static (fixed-shape step), compiled (it, compiled by "
+        "Inductor), auto (static where the model offers it)",
     )
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to decoder-only prompts")
     p.add_argument("--json", action="store_true", help="print tokens and scores as JSON")

@@ -89,7 +89,7 @@ class GenerationConfig:
     decoder_start_token_id: int | None = None  # encoder-decoder: first decoder token when no prompt is given
     # How each step runs the model: "modules" (the model's forward with a growing KVCache), "static" (one
     # fixed-shape function over preallocated buffers, gensys.nn.static_decode), "compiled" (that function
-    # under torch.compile, compiled once per rows x capacity) or "auto" (static where the model offers it).
+    # traced and compiled by Inductor once per rows x capacity) or "auto" (static where the model offers it).
     decode_path: Literal["auto", "modules", "static", "compiled"] = "auto"
 
     def eos_ids(self) -> list[int]:

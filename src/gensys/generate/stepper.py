@@ -194,7 +194,7 @@ class EncoderDecoderStepper:
 class StaticStepper:
     """The fixed-shape decode step (`gensys.nn.static_decode`): prefill through `inner` (the module path, with
     its `KVCache`), then every step as one function over preallocated buffers of `prompt + max_new_tokens`
-    slots; `compile=True` runs that function under `torch.compile` (compiled once per rows x capacity, so
+    slots; `compile=True` runs that function compiled by Inductor (compiled once per rows x capacity, so
     capacities are rounded up to a multiple of 64 there). Needs `model.step_spec()` and `decoding(model)`
     around the whole generation (which `generate` enters)."""
 
