@@ -221,3 +221,30 @@ def test_a_deep_copied_model_builds_its_own_decoder():
     out_twin = generate(twin, ids, config=cfg, output_scores=True)
     ref_twin = generate(twin, ids, config=cfg.replace(decode_path="modules"), output_scores=True)
     torch.testing.assert_close(out_twin.scores[0], ref_twin.scores[0])
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_compiled_layouts_are_bounded_then_eager(monkeypatch):
+    model = _decoder("llama_gqa_rope")
+    ids, mask = _batch()
+    positions = (mask.long().cumsum(1) - 1).clamp(min=0)
+    monkeypatch.setattr(StaticDecoder, "MAX_GRAPHS", 1)
+    with torch.inference_mode(), decoding(model):
+        cache = model.new_cache()
+        logits = model(ids, attention_mask=mask, positions=positions, cache=cache)[:, -1]
+        dec = StaticDecoder(model.step_spec(), compile=True)
+        state = dec.load(cache, mask, capacity=16)
+        eager_dec = StaticDecoder(model.step_spec(), compile=False)
+        cache2 = model.new_cache()
+        model(ids, attention_mask=mask, positions=positions, cache=cache2)
+        ref = eager_dec.load(cache2, mask, capacity=16)
+        tok = logits.argmax(-1)
+        for i in range(3):
+            if i == 1:  # a second layout: over the limit of one, so it runs eagerly
+                state.expand(2)
+                ref.expand(2)
+                tok = tok.repeat_interleave(2)
+            got, want = dec.step(state, tok), eager_dec.step(ref, tok)
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            tok = want.argmax(-1)
+        assert len(dec._graphs) == 1

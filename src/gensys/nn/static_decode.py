@@ -99,6 +99,8 @@ class StaticDecoder:
     `state.expand(n)` as beam search and sampling need them.
     """
 
+    MAX_GRAPHS = 16  # compiled layouts kept per decoder (see `_compiled_for`)
+
     def __init__(self, spec: StepSpec, *, compile: bool = False) -> None:
         self.spec = spec
         self.layers = [self._layer(b) for b in spec.blocks]
@@ -224,6 +226,11 @@ class StaticDecoder:
                 tokens, positions, slot, valid, ks, vs, cks, cvs, cross[-1] if has_bias else None
             )
 
+        if len(self._graphs) >= self.MAX_GRAPHS:
+            # Shapes that keep changing (a server's varying batch sizes) would compile without end (seconds
+            # and memory each): past the limit a new layout runs the same step eagerly, as torch.compile does
+            # past its recompile limit.
+            return step
         with torch.no_grad():
             # Tracing runs the step on these very tensors: it writes this step's keys/values into their slot,
             # which the compiled call then writes again with the same values (the step is idempotent).
