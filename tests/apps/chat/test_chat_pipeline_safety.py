@@ -99,7 +99,8 @@ def test_ngram_baseline_learns_the_keywords(data_root, tmp_path):
     cfg = S.load_safety_config(
         "configs/chat/safety_tiny.yaml",
         [f"data.data_dir={data_root}", "kind=ngram", f"run_dir={tmp_path}", f"export_dir={tmp_path / 'e'}",
-         "data.casual_negatives=false", "data.everyday_negatives=0"],  # tested on their own below
+         # the generated negatives are tested on their own below
+         "data.casual_negatives=false", "data.everyday_negatives=0", "data.howto_negatives=0"],
     )  # fmt: skip
     figs = S.train_safety(cfg)
     per = figs["test"]["per_category"]
@@ -232,3 +233,15 @@ def test_everyday_requests_wrap_captions():
     bodies = {c.rstrip(".").lower() for c in caps}
     assert all(any(b in e.text.lower() for b in bodies) for e in reqs)
     assert len(S.everyday_requests(caps, 10)) == 3
+
+
+def test_everyday_howto_questions_are_safe_and_apart_from_the_probe():
+    neg = S.everyday_howto(seed=0, per_activity=3)
+    assert len(neg) == 3 * len(S.TRAIN_ACTIVITIES)
+    assert all(e.source == "everyday_howto" and not e.positives() and all(e.known) for e in neg)
+    assert any(e.text == "How do I bake bread?" for e in S.everyday_howto(seed=0, per_activity=7))
+    # The probe that measures refusals of plain questions shares no task with the training questions.
+    train_text = " ".join(e.text.lower() for e in S.everyday_howto(seed=0, per_activity=7))
+    for q in S.EVERYDAY_PROBE:
+        task = q.lower().rstrip("?").split(" ", 3)[-1]  # "how do i make lasagna" -> "make lasagna"
+        assert task not in train_text, q
