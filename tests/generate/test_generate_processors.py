@@ -219,3 +219,19 @@ def test_corpus_fusion_ignores_left_padding():
     no_pad = CorpusFusion(index, [0.0, 0.2, 0.6], start=torch.tensor([2]))(padded, logits)
     assert with_pad[0, 4].exp().item() == pytest.approx(0.4 / 6 + 0.6)  # "0 3" matched: n=2
     assert no_pad[0, 4].exp().item() == pytest.approx(0.8 / 6 + 0.2)  # "3" only: n=1
+
+
+def test_corpus_fusion_keeps_masked_tokens_masked():
+    from gensys.generate.processors import CorpusFusion
+    from gensys.models.infinigram import InfiniGram
+
+    index = InfiniGram.build([[5, 6, 7, 8], [5, 6, 7, 9]], max_match=4)  # "5 6 7" -> 8 or 9, once each
+    logits = torch.zeros(1, 12)
+    logits[0, 8] = float("-inf")  # banned by an earlier processor (e.g. no_repeat_ngram)
+    out = CorpusFusion(index, [0.0, 0.5, 0.5, 0.8])(torch.tensor([[5, 6, 7]]), logits)
+    assert out[0, 8].item() == float("-inf")
+    assert out.exp().sum().item() == pytest.approx(1.0, abs=1e-5)
+    # Of the corpus's 0.8, the half on the banned 8 is spread with the rest: 9 keeps the most mass.
+    p_model = 0.2 / 11
+    want9 = (p_model + 0.4) / (1 - 0.4)
+    assert out[0, 9].exp().item() == pytest.approx(want9, rel=1e-5)

@@ -292,8 +292,9 @@ class CorpusFusion(LogitsProcessor):
     c counts the tokens that followed the longest suffix of the row (n tokens) found in the corpus, and the
     weight w[n] grows with n: a long exact match says the text is one the corpus holds, where its counts
     predict the next token far better than a small model (`fit_match_weights` fits w on held-out text).
-    Scores come back as log-probabilities (logits are normalised first), so place this before processors
-    that mask tokens: a masked token must stay masked after the mix.
+    Scores come back as log-probabilities (logits are normalised first). A token an earlier processor set
+    to -inf (a ban, a repeated n-gram) stays -inf; the corpus mass it would have taken is renormalised over
+    the row, so the order among processors does not matter for masks.
     """
 
     def __init__(
@@ -335,21 +336,21 @@ class CorpusFusion(LogitsProcessor):
             hit_logp.append(logq + math.log(w))
         if not hit_rows:
             return logp
-        if logp.device.type != "cpu":
-            out = logp + torch.tensor(model_share, dtype=logp.dtype, device=logp.device)[:, None]
-            rr = torch.from_numpy(np.concatenate(hit_rows)).to(logp.device)
-            ii = torch.from_numpy(np.concatenate(hit_ids)).to(logp.device)
-            mix = torch.from_numpy(np.concatenate(hit_logp)).to(logp)
-            out[rr, ii] = torch.logaddexp(out[rr, ii], mix)
-            return out
-        # On CPU the same in numpy: a handful of ops on small arrays, each ~5x cheaper than torch's dispatch.
-        out_np = (
-            logp.detach().numpy() + np.asarray(model_share, dtype=np.float32)[:, None]
-        )  # (N, V), a new array
-        rr_np, ii_np = np.concatenate(hit_rows), np.concatenate(hit_ids)
-        out_np[rr_np, ii_np] = np.logaddexp(out_np[rr_np, ii_np], np.concatenate(hit_logp))
-        out = torch.from_numpy(out_np)
-        return out
+        # numpy on the host: a handful of ops on small arrays, each ~5x cheaper than torch's dispatch (on a
+        # GPU this costs one (N, V) copy each way, which this CPU-serving mixer accepts).
+        out = logp.detach().cpu().numpy() + np.asarray(model_share, dtype=np.float32)[:, None]  # (N, V)
+        rr, ii = np.concatenate(hit_rows), np.concatenate(hit_ids)
+        base = out[rr, ii]
+        alive = base != -np.inf  # a token an earlier processor masked stays masked: no corpus mass revives it
+        out[rr, ii] = np.where(alive, np.logaddexp(base, np.concatenate(hit_logp)), -np.inf)
+        if not alive.all():  # the corpus mass that fell on masked tokens is spread over the rest of the row
+            rows = np.unique(rr[~alive])
+            sub = out[rows]
+            top = sub.max(axis=1, keepdims=True)
+            ok = np.isfinite(top[:, 0])
+            sub[ok] -= top[ok] + np.log(np.exp(sub[ok] - top[ok]).sum(axis=1, keepdims=True))
+            out[rows] = sub
+        return torch.from_numpy(out).to(logp.device)
 
 
 __all__ = [
