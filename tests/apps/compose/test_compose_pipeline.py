@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gensys.apps.compose.predictor import CALIBRATION_FILE, load_predictor
-from gensys.apps.compose.recipe import eval_main, predict_main, prepare_main, train_main
+from gensys.apps.compose.recipe import eval_main, memory_main, predict_main, prepare_main, train_main
 from gensys.apps.compose.triggering import ComposeInputError
 
 TINY = "configs/compose/tiny.yaml"
@@ -118,3 +118,17 @@ def test_predict_reads_stdin(trained, monkeypatch, capsys):
     assert predict_main(["--ckpt", str(trained["export"]), "--jsonl"]) == 0
     outs = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert len(outs) == 2 and outs[1]["reason"] == "too_short"
+
+
+def test_memory_command_adds_the_memory_to_a_checkpoint_and_recalibrates(trained, tmp_path):
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(trained["export"], ckpt)
+    for name in ("memory.safetensors", "memory.json", CALIBRATION_FILE):
+        (ckpt / name).unlink()
+    argv = ["--config", str(ROOT / TINY), *trained["common"], "--ckpt", str(ckpt), "calibrate_emails=1"]
+    assert memory_main(argv) == 0
+    assert json.loads((ckpt / "memory.json").read_text())["fit_positions"] > 0
+    assert 0.0 <= json.loads((ckpt / CALIBRATION_FILE).read_text())["min_confidence"] <= 1.0
+    assert load_predictor(ckpt).backend.memory is not None

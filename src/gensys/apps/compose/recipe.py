@@ -161,15 +161,7 @@ def train_main(argv: list[str]) -> int:
     if cfg.memory.enabled:
         model, _, _ = load_checkpoint(target)
         add_memory(target, model, tok, splits["train"], splits["dev"], cfg.memory, cfg.data, log=_log)  # type: ignore[arg-type]
-    if cfg.calibrate_emails > 0:
-        pred = load_predictor(target, latency_budget_ms=0)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # single-request decoding (see _THREADS_HELP)
-        try:
-            thr = _calibrate(pred, splits["dev"][: cfg.calibrate_emails], cfg.suggest.target_trigger_rate)
-        finally:
-            torch.set_num_threads(threads)
-        _write_calibration(target, thr, cfg.suggest.target_trigger_rate, cfg.calibrate_emails)
+    _calibrate_checkpoint(Path(target), cfg, splits["dev"])
     return 0
 
 
@@ -184,12 +176,23 @@ def memory_main(argv: list[str]) -> int:
     if tok is None:
         raise DataError(f"{args.ckpt} has no tokenizer.json")
     add_memory(args.ckpt, model, tok, splits["train"], splits["dev"], cfg.memory, cfg.data, log=_log)  # type: ignore[arg-type]
-    if cfg.calibrate_emails > 0:  # the threshold was set for the LM alone: suggestions' confidences moved
-        pred = load_predictor(args.ckpt, latency_budget_ms=0)
-        torch.set_num_threads(1)
-        thr = _calibrate(pred, splits["dev"][: cfg.calibrate_emails], cfg.suggest.target_trigger_rate)
-        _write_calibration(Path(args.ckpt), thr, cfg.suggest.target_trigger_rate, cfg.calibrate_emails)
+    # The threshold was set for the LM alone: with the memory the suggestions' confidences moved.
+    _calibrate_checkpoint(Path(args.ckpt), cfg, splits["dev"])
     return 0
+
+
+def _calibrate_checkpoint(ckpt: Path, cfg: Config, dev: list[Email]) -> None:
+    """Write `calibration.json` into `ckpt`: the threshold giving the target trigger rate on dev emails."""
+    if cfg.calibrate_emails <= 0:
+        return
+    pred = load_predictor(ckpt, latency_budget_ms=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # single-request decoding (see _THREADS_HELP)
+    try:
+        thr = _calibrate(pred, dev[: cfg.calibrate_emails], cfg.suggest.target_trigger_rate)
+    finally:
+        torch.set_num_threads(threads)
+    _write_calibration(ckpt, thr, cfg.suggest.target_trigger_rate, cfg.calibrate_emails)
 
 
 def _calibrate(pred: ComposePredictor, emails: list[Email], rate: float) -> float:
